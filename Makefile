@@ -1,0 +1,28 @@
+# Two commands for a fresh machine:
+#   make demo   create .venv, install minildm, run the end-to-end demo on toy faces
+#   make test   create .venv, install minildm, run the unit tests and every notebook (nbval)
+# A plain PyPI torch wheel is a CUDA build on Linux (right for a GPU box); set TORCH to
+# pick another build, e.g. make test TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN = $(VENV)/bin
+
+.PHONY: demo test install clean
+
+demo: $(VENV)/.installed
+	$(BIN)/python -m minildm demo
+
+test: $(VENV)/.installed
+	MINILDM_PROFILE=tiny $(BIN)/python -m pytest
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install $(TORCH)
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $@
+
+clean:
+	rm -rf $(VENV) data/cache runs

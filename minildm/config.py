@@ -1,0 +1,91 @@
+"""Profiles: one switch that sizes every experiment in the course.
+
+The same notebooks and commands run on three kinds of machine:
+
+- ``tiny``: continuous integration and ``pytest --nbval``; toy faces at 32 px, small
+  models, a few steps, about a minute per notebook on 2 CPU cores.
+- ``cpu``: a laptop without a GPU; results a person would call good in minutes.
+- ``gpu``: one GPU; real faces or scenes at 64 to 256 px, the paper's recipes scaled down.
+
+The profile is chosen by ``--profile`` on the command line or the ``MINILDM_PROFILE``
+environment variable; without either, ``gpu`` when CUDA is available, else ``cpu``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+PROFILE_ENV = "MINILDM_PROFILE"
+DATA_DIR_ENV = "MINILDM_DATA_DIR"
+CELEBA_DIR_ENV = "MINILDM_CELEBA_DIR"
+
+
+class MinildmError(Exception):
+    """An error caused by the user's input; the command line prints it as one line."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes for one kind of machine.
+
+    Attributes:
+        name: ``tiny``, ``cpu`` or ``gpu``.
+        dataset: the data set used when none is named.
+        resolution: image side in pixels.
+        n_images: how many training images to prepare.
+        n_holdout: how many held-out images to prepare for evaluation.
+        device: ``cuda`` or ``cpu``.
+    """
+
+    name: str
+    dataset: str
+    resolution: int
+    n_images: int
+    n_holdout: int
+    device: str
+
+
+PROFILES: dict[str, Profile] = {
+    "tiny": Profile("tiny", "toyfaces", 32, 512, 128, "cpu"),
+    "cpu": Profile("cpu", "toyfaces", 32, 10_000, 1_000, "cpu"),
+    "gpu": Profile("gpu", "toyfaces", 64, 30_000, 2_000, "cuda"),
+}
+
+
+def default_profile_name() -> str:
+    """``MINILDM_PROFILE`` if set, else ``gpu`` when CUDA is available, else ``cpu``."""
+    name = os.environ.get(PROFILE_ENV, "").strip()
+    if name:
+        return name
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """Return the profile called ``name`` (default: :func:`default_profile_name`)."""
+    name = name or default_profile_name()
+    if name not in PROFILES:
+        raise MinildmError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)}")
+    profile = PROFILES[name]
+    if profile.device == "cuda" and not torch.cuda.is_available():
+        raise MinildmError("profile 'gpu' needs CUDA, and no GPU is visible: use --profile cpu")
+    return profile
+
+
+def repo_root() -> Path:
+    """The folder that holds the ``minildm`` package (the repository in a checkout)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def data_dir() -> Path:
+    """Where prepared data is cached: ``MINILDM_DATA_DIR`` or the repository's ``data/``."""
+    return Path(os.environ.get(DATA_DIR_ENV) or repo_root() / "data")
+
+
+def celeba_dir() -> Path | None:
+    """The local CelebA folder named by ``MINILDM_CELEBA_DIR``, if it exists."""
+    path = os.environ.get(CELEBA_DIR_ENV)
+    return Path(path) if path and Path(path).is_dir() else None

@@ -1,0 +1,452 @@
+"""Data sets: one entry point, :func:`load_images`, for every source the course uses.
+
+Sources, named by the ``dataset`` argument:
+
+- ``toyfaces``: procedural faces drawn from a seed (:mod:`minildm.toyfaces`), no download;
+- a hub name from :data:`HUB_DATASETS` (``celeba-hq``, ``celeba``, ``lsun-churches``,
+  ``lsun-bedrooms``) or ``hub:OWNER/NAME``: streamed from the Hugging Face hub, only the
+  first ``n`` images are fetched;
+- a local folder of images, optionally with a CelebA attribute file
+  (``list_attr_celeba.txt``) inside it or named by ``attributes_file``;
+- a local ``datasets`` folder, either written by ``Dataset.save_to_disk`` or holding
+  parquet files in the hub's layout.
+
+Every image is brought to RGB, cropped to its central square and resized with an
+antialiasing filter (:mod:`minildm.images`). The prepared uint8 tensors are cached under
+``data/cache`` keyed by source, resolution, ``start`` and ``n``, so the second load is
+instant. Unreadable files are skipped and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from minildm import images as imgs
+from minildm import toyfaces
+from minildm.config import MinildmError, data_dir
+
+HUB_DATASETS: dict[str, tuple[str, str | None]] = {
+    "celeba-hq": ("korexyz/celeba-hq-256x256", None),
+    "celeba": ("flwrlabs/celeba", "img_align+identity+attr"),
+    "lsun-churches": ("tglcourse/lsun_church_train", None),
+    "lsun-bedrooms": ("pcuenq/lsun-bedrooms", None),
+}
+OFFLINE_HINT = (
+    "use --dataset toyfaces, a local image folder or a local datasets folder (see data/README.md)"
+)
+
+
+class DataError(MinildmError):
+    """A data source that cannot be read; the message is one line meant for the user."""
+
+
+@dataclass
+class ImageDataset(torch.utils.data.Dataset):
+    """Prepared images with whatever labels their source has.
+
+    Attributes:
+        pixels: uint8 tensor (N, 3, R, R).
+        attribute_names: names of the binary attributes (CelebA style), maybe empty.
+        attributes: bool tensor (N, A) or None.
+        labels: int64 tensor (N,) of class indices, or None.
+        captions: one caption per image, or None.
+        info: where the data came from, how many files were skipped and why.
+    """
+
+    pixels: torch.Tensor
+    attribute_names: list[str] = field(default_factory=list)
+    attributes: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    captions: list[str] | None = None
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitem__(self, index: int) -> dict:
+        item = {"image": imgs.uint8_to_float(self.pixels[index])}
+        if self.attributes is not None:
+            item["attributes"] = self.attributes[index]
+        if self.labels is not None:
+            item["label"] = self.labels[index]
+        if self.captions is not None:
+            item["caption"] = self.captions[index]
+        return item
+
+    @property
+    def resolution(self) -> int:
+        return self.pixels.shape[-1]
+
+    def images(self) -> torch.Tensor:
+        """All images as float32 in [-1, 1], shape (N, 3, R, R)."""
+        return imgs.uint8_to_float(self.pixels)
+
+    def attribute_frequencies(self) -> dict[str, float]:
+        """Fraction of images that have each attribute."""
+        if self.attributes is None:
+            return {}
+        means = self.attributes.float().mean(dim=0)
+        return dict(zip(self.attribute_names, means.tolist()))
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Flip each image of a batch (B, C, H, W) left-right with probability 1/2."""
+    flip = torch.rand(len(images), generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+def load_images(
+    dataset: str,
+    resolution: int,
+    n: int | None = None,
+    *,
+    start: int = 0,
+    split: str = "train",
+    seed: int = 0,
+    attributes_file: str | Path | None = None,
+    refresh: bool = False,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> ImageDataset:
+    """Prepare (or load from the cache) images ``start .. start + n - 1`` of a source.
+
+    Args:
+        dataset: ``toyfaces``, a hub name, ``hub:OWNER/NAME``, or a local folder path.
+        resolution: side of the square images in pixels.
+        n: how many images; None takes every image of a local folder.
+        start: index of the first image, e.g. 7000 for a held-out tail.
+        split: the split of a hub or ``datasets`` source.
+        seed: the toy-face seed (ignored by other sources).
+        attributes_file: a CelebA-format attribute file for an image folder.
+        refresh: prepare again even if a cached copy exists.
+        cache_dir: where prepared tensors live (default ``data/cache``).
+        progress: show a progress bar while preparing.
+    """
+    _check_request(dataset, resolution, n, start)
+    cache_path = Path(cache_dir or data_dir() / "cache") / (
+        _cache_key(dataset, resolution, n, start, split, seed, attributes_file) + ".safetensors"
+    )
+    if cache_path.exists() and not refresh:
+        cached = _read_cache(cache_path)
+        if cached is not None:
+            return cached
+    started = time.perf_counter()
+    data = _prepare(dataset, resolution, n, start, split, seed, attributes_file, progress)
+    data.info["prepare_seconds"] = round(time.perf_counter() - started, 3)
+    _write_cache(data, cache_path)
+    data.info["cache"] = str(cache_path)
+    return data
+
+
+def _check_request(dataset: str, resolution: int, n: int | None, start: int) -> None:
+    if not isinstance(resolution, int) or not 8 <= resolution <= 1024:
+        raise DataError(f"resolution must be a whole number of pixels from 8 to 1024, got {resolution}")
+    if n is not None and n < 1:
+        raise DataError(f"n must be at least 1, got {n}")
+    if start < 0:
+        raise DataError(f"start must be 0 or more, got {start}")
+    if n is None and _source_kind(dataset) in ("toyfaces", "hub"):
+        raise DataError(f"say how many images to take from {dataset!r} with n (--n)")
+
+
+def _source_kind(dataset: str) -> str:
+    if dataset == "toyfaces":
+        return "toyfaces"
+    if dataset in HUB_DATASETS or dataset.startswith("hub:"):
+        return "hub"
+    return "local"
+
+
+def _prepare(dataset, resolution, n, start, split, seed, attributes_file, progress) -> ImageDataset:
+    kind = _source_kind(dataset)
+    if kind == "toyfaces":
+        return _toyfaces(resolution, n, start, seed)
+    if kind == "hub":
+        repo_id, config = HUB_DATASETS.get(dataset, (dataset.removeprefix("hub:"), None))
+        _check_hub_reachable(repo_id)
+        rows = _open_hf_dataset(repo_id, config, split)
+        return _collect(_hf_records(rows, start), resolution, n, dataset, progress)
+    path = Path(dataset).expanduser()
+    if not path.exists():
+        raise DataError(f"no such file or folder: {path} ({OFFLINE_HINT.replace('use ', 'or use ')})")
+    if not path.is_dir():
+        raise DataError(f"{path} is a file: give a folder of images or a datasets folder")
+    if _is_saved_dataset(path) or _has_parquet(path):
+        rows = _open_hf_dataset(str(path), None, split)
+        return _collect(_hf_records(rows, start), resolution, n, str(path), progress)
+    records = _folder_records(path, start, attributes_file)
+    return _collect(records, resolution, n, str(path), progress)
+
+
+def _toyfaces(resolution: int, n: int, start: int, seed: int) -> ImageDataset:
+    images, attributes = toyfaces.generate(n, resolution=resolution, seed=seed, start=start)
+    return ImageDataset(
+        pixels=imgs.float_to_uint8(images),
+        attribute_names=list(toyfaces.ATTRIBUTES),
+        attributes=attributes,
+        captions=[toyfaces.caption(row) for row in attributes],
+        info={"source": "toyfaces", "seed": seed, "start": start, "requested": n},
+    )
+
+
+@dataclass
+class _Record:
+    """One image still to be decoded, with its labels."""
+
+    load: Callable[[], object]  # returns a PIL image, or raises if the file is unreadable
+    name: str
+    attributes: dict[str, bool] | None = None
+    label: int | None = None
+
+
+def _collect(records: Iterable[_Record], resolution: int, n: int | None, source: str,
+             progress: bool) -> ImageDataset:
+    """Decode and prepare records until ``n`` usable images are found."""
+    pixels, attribute_rows, labels = [], [], []
+    skipped: Counter = Counter()
+    smallest = None
+    bar = tqdm(total=n, desc=f"preparing {Path(source).name or source}", unit="img",
+               disable=not progress)
+    for record in records:
+        try:
+            image = record.load()
+        except imgs.UNREADABLE_ERRORS:
+            skipped["unreadable"] += 1
+            continue
+        if min(image.size) < resolution:
+            skipped["smaller than the resolution"] += 1
+            smallest = min(smallest or 10**9, min(image.size))
+            continue
+        pixels.append(imgs.prepare(image, resolution))
+        attribute_rows.append(record.attributes)
+        labels.append(record.label)
+        bar.update()
+        if n is not None and len(pixels) == n:
+            break
+    bar.close()
+    if not pixels:
+        raise DataError(_nothing_usable_message(source, resolution, skipped, smallest))
+    data = ImageDataset(pixels=torch.stack(pixels), info={"source": source, "requested": n})
+    if attribute_rows[0] is not None:
+        data.attribute_names = list(attribute_rows[0])
+        data.attributes = torch.tensor([list(row.values()) for row in attribute_rows])
+    if labels[0] is not None:
+        data.labels = torch.tensor(labels, dtype=torch.int64)
+    data.info["skipped"] = dict(skipped)
+    return data
+
+
+def _nothing_usable_message(source: str, resolution: int, skipped: Counter, smallest) -> str:
+    if not skipped:
+        return f"no images found in {source} (looked for {', '.join(imgs.IMAGE_EXTENSIONS)})"
+    if skipped["smaller than the resolution"] and not skipped["unreadable"]:
+        return (f"every image in {source} is smaller than {resolution} px "
+                f"(the largest usable resolution is {smallest}): choose a smaller --resolution")
+    counts = ", ".join(f"{count} {why}" for why, count in skipped.items())
+    return f"no usable image in {source}: skipped {counts}"
+
+
+def _folder_records(folder: Path, start: int, attributes_file) -> Iterator[_Record]:
+    """Images of a folder (or of its ``images/`` subfolder), sorted by path."""
+    image_dir = folder / "images" if (folder / "images").is_dir() else folder
+    files = sorted(p for p in image_dir.rglob("*") if p.suffix.lower() in imgs.IMAGE_EXTENSIONS)
+    if not files:
+        raise DataError(f"no images found in {folder} (looked for {', '.join(imgs.IMAGE_EXTENSIONS)})")
+    attribute_path = Path(attributes_file) if attributes_file else folder / "list_attr_celeba.txt"
+    table = read_celeba_attributes(attribute_path) if attributes_file or attribute_path.exists() else None
+    for path in files[start:]:
+        attributes = table.get(path.name) if table is not None else None
+        if table is not None and attributes is None:
+            continue  # an image without a row in the attribute file cannot be labelled
+        yield _Record(load=lambda p=path: imgs.open_image(p), name=path.name, attributes=attributes)
+
+
+def read_celeba_attributes(path: str | Path) -> dict[str, dict[str, bool]]:
+    """Read CelebA's ``list_attr_celeba.txt``: a count line, a header of attribute
+    names, then one line per file with values 1 / -1. Returns {filename: {name: bool}}."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"attribute file not found: {path}")
+    lines = path.read_text().splitlines()
+    if len(lines) < 2:
+        raise DataError(f"{path} is not a CelebA attribute file: it has fewer than two lines")
+    names = lines[1].split()
+    table = {}
+    for number, line in enumerate(lines[2:], start=3):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != len(names) + 1 or any(v not in ("1", "-1") for v in fields[1:]):
+            raise DataError(f"{path}, line {number}: expected a file name and {len(names)} values of 1 or -1")
+        table[fields[0]] = {name: value == "1" for name, value in zip(names, fields[1:])}
+    return table
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return (path / "dataset_dict.json").exists() or (path / "state.json").exists()
+
+
+def _has_parquet(path: Path) -> bool:
+    return any(path.rglob("*.parquet"))
+
+
+def _check_hub_reachable(repo_id: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, with advice, when the hub cannot be reached (instead of retrying)."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or \
+        os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("", "0")
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        if offline:
+            raise OSError("offline mode is set")
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+    except OSError as error:
+        raise DataError(f"cannot reach the Hugging Face hub to stream {repo_id!r} ({error}): "
+                        f"{OFFLINE_HINT}") from None
+
+
+def _open_hf_dataset(path: str, config: str | None, split: str):
+    """A ``datasets`` split, streamed from the hub or read from a local folder."""
+    import datasets  # imported here: it is slow to import and only some sources need it
+
+    try:
+        if Path(path).is_dir() and _is_saved_dataset(Path(path)):
+            loaded = datasets.load_from_disk(path)
+            rows = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+        else:
+            rows = datasets.load_dataset(path, config, split=split, streaming=True)
+    except KeyError:
+        raise DataError(f"{path} has no split {split!r}") from None
+    except Exception as error:  # datasets raises many types; the user needs one line
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"cannot open {path!r} with datasets: {first_line}") from None
+    image_column = _image_column(rows)
+    return rows.cast_column(image_column, datasets.Image(decode=False)), image_column
+
+
+def _image_column(rows) -> str:
+    import datasets
+
+    features = rows.features or {}
+    for name, feature in features.items():
+        if isinstance(feature, datasets.Image):
+            return name
+    for name in ("image", "img"):
+        if name in features:
+            return name
+    raise DataError(f"the data set has no image column (columns: {', '.join(features) or 'unknown'})")
+
+
+def _hf_records(opened, start: int) -> Iterator[_Record]:
+    """Records from a ``datasets`` split: the image column, bool columns as attributes,
+    a ``label`` column as the class."""
+    rows, image_column = opened
+    for index, row in enumerate(rows.skip(start), start=start):
+        value = row[image_column]  # {"bytes": ..., "path": ...}: decoded here, to skip bad files
+        source = (value.get("bytes") or value.get("path")) if isinstance(value, dict) else value
+        attributes = {k: v for k, v in row.items() if isinstance(v, bool)} or None
+        label = row.get("label") if isinstance(row.get("label"), int) else None
+        yield _Record(load=lambda s=source: imgs.open_image(s), name=str(index),
+                      attributes=attributes, label=label)
+
+
+def _cache_key(dataset, resolution, n, start, split, seed, attributes_file) -> str:
+    """A readable file name that changes whenever the prepared tensors would."""
+    kind = _source_kind(dataset)
+    if kind == "toyfaces":
+        name, identity = "toyfaces", f"seed{seed}"
+    elif kind == "hub":
+        name, identity = dataset.removeprefix("hub:"), split
+    else:
+        path = Path(dataset).expanduser().resolve()
+        name = path.name
+        stamp = [str(path), split, str(attributes_file), *_folder_stamp(path)]
+        identity = hashlib.sha1("|".join(stamp).encode()).hexdigest()[:10]
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
+    return f"{name}-{identity}-{resolution}px-start{start}-n{n or 'all'}"
+
+
+def _folder_stamp(path: Path) -> list[str]:
+    """Modification times of a folder and its direct subfolders: they change when files
+    are added or removed, which makes a cached copy stale."""
+    if not path.is_dir():
+        return []
+    folders = [path, *(p for p in path.iterdir() if p.is_dir())]
+    return [f"{p.name}:{p.stat().st_mtime_ns}" for p in folders]
+
+
+def _write_cache(data: ImageDataset, path: Path) -> None:
+    """Save atomically: write a temporary file, then rename it over the old one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {"pixels": data.pixels.contiguous()}
+    if data.attributes is not None:
+        tensors["attributes"] = data.attributes.to(torch.uint8)
+    if data.labels is not None:
+        tensors["labels"] = data.labels
+    metadata = {
+        "attribute_names": json.dumps(data.attribute_names),
+        "captions": json.dumps(data.captions),
+        "info": json.dumps(data.info),
+    }
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(temporary), metadata=metadata)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _read_cache(path: Path) -> ImageDataset | None:
+    """Load a cached copy, or None (with a warning) if the file is damaged."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata()
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        data = ImageDataset(
+            pixels=tensors["pixels"],
+            attribute_names=json.loads(metadata["attribute_names"]),
+            attributes=tensors["attributes"].bool() if "attributes" in tensors else None,
+            labels=tensors.get("labels"),
+            captions=json.loads(metadata["captions"]),
+            info=json.loads(metadata["info"]),
+        )
+    except (SafetensorError, OSError, KeyError, ValueError) as error:
+        print(f"warning: ignoring damaged cache file {path} ({type(error).__name__}); preparing again")
+        return None
+    data.info["cache"] = str(path)
+    data.info["from_cache"] = True
+    return data
+
+
+def describe(data: ImageDataset) -> str:
+    """A few lines that summarise a prepared data set (used by ``minildm data``)."""
+    info = data.info
+    lines = [f"{len(data)} images of {data.resolution}x{data.resolution} px from {info.get('source')}"]
+    if info.get("requested") and info["requested"] > len(data):
+        lines.append(f"note: {info['requested']} were requested, the source had only {len(data)} usable")
+    for why, count in info.get("skipped", {}).items():
+        lines.append(f"skipped {count} {'file' if count == 1 else 'files'}: {why}")
+    if data.attributes is not None:
+        lines.append("attribute frequencies:")
+        for name, freq in sorted(data.attribute_frequencies().items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {name:<22} {freq:6.1%}")
+    if data.labels is not None:
+        lines.append(f"classes: {dict(sorted(Counter(data.labels.tolist()).items()))}")
+    if data.captions:
+        lines.append(f"example caption: {data.captions[0]!r}")
+    lines.append(f"cached at {info.get('cache')}" + (" (loaded from cache)" if info.get("from_cache") else ""))
+    return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""Turning any image file into a square RGB tensor.
+
+Real image folders hold every kind of file: grayscale, palette, RGBA with transparency,
+16-bit PNGs, CMYK JPEGs, truncated downloads. This module brings each to 8-bit RGB,
+crops the central square and resizes it with an antialiasing filter, so that the rest
+of the course only ever sees tensors of shape (3, R, R).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+UNREADABLE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
+
+
+def open_image(source: str | Path | bytes) -> Image.Image:
+    """Open and fully decode an image from a path or bytes (raises on corrupt files)."""
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    with Image.open(stream) as image:
+        image.load()
+        return image.copy()
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB; transparent pixels become white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return _high_bit_depth_to_rgb(image)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image).convert("RGB")
+    return image.convert("RGB")
+
+
+def _high_bit_depth_to_rgb(image: Image.Image) -> Image.Image:
+    """16-bit (or 32-bit) grayscale to 8-bit RGB, keeping the full tonal range."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16") or values.max() > 255:
+        values = values / 257.0  # 65535 -> 255
+    gray = np.clip(np.round(values), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, mode="L").convert("RGB")
+
+
+def center_crop_resize(image: Image.Image, resolution: int) -> Image.Image:
+    """Crop the largest central square and resize it to ``resolution`` (antialiased)."""
+    width, height = image.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    square = image.crop((left, top, left + side, top + side))
+    return square.resize((resolution, resolution), Image.Resampling.BICUBIC)
+
+
+def image_to_uint8_tensor(image: Image.Image) -> torch.Tensor:
+    """PIL RGB image to a uint8 tensor of shape (3, H, W)."""
+    array = np.asarray(image, dtype=np.uint8)  # (H, W, 3)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def prepare(image: Image.Image, resolution: int) -> torch.Tensor:
+    """Any PIL image to a uint8 tensor (3, R, R): RGB, central square, resized."""
+    return image_to_uint8_tensor(center_crop_resize(to_rgb(image), resolution))
+
+
+def uint8_to_float(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 in [0, 255] to float32 in [-1, 1], the range every model in the course uses."""
+    return pixels.float() / 127.5 - 1.0
+
+
+def float_to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float in [-1, 1] to uint8 in [0, 255] (values outside the range are clipped)."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

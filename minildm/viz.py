@@ -1,0 +1,46 @@
+"""Figures: image grids for files and for notebooks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+from einops import rearrange
+from PIL import Image
+
+from minildm.images import float_to_uint8
+
+
+def image_grid(images: torch.Tensor, ncols: int = 8, padding: int = 1) -> torch.Tensor:
+    """Tile a batch (B, 3, H, W) in [-1, 1] into one uint8 image (H', W', 3), white gaps."""
+    count = len(images)
+    nrows = -(-count // ncols)  # ceiling division
+    blank = torch.ones(nrows * ncols - count, *images.shape[1:])
+    tiles = torch.cat([images.detach().cpu().float(), blank])
+    tiles = torch.nn.functional.pad(tiles, (padding,) * 4, value=1.0)
+    grid = rearrange(tiles, "(rows cols) c h w -> (rows h) (cols w) c", cols=ncols)
+    return float_to_uint8(grid)
+
+
+def save_grid(images: torch.Tensor, path: str | Path, ncols: int = 8, scale: int = 1) -> Path:
+    """Write a grid of images (B, 3, H, W) in [-1, 1] as a PNG, enlarged ``scale`` times."""
+    grid = Image.fromarray(image_grid(images, ncols).numpy())
+    if scale > 1:
+        grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return path
+
+
+def show_grid(images: torch.Tensor, ncols: int = 8, title: str | None = None, size: float = 8.0):
+    """Show a grid of images (B, 3, H, W) in [-1, 1] in a notebook; returns the figure."""
+    grid = image_grid(images, ncols)
+    figure, axes = plt.subplots(figsize=(size, size * grid.shape[0] / grid.shape[1]))
+    axes.imshow(grid.numpy(), interpolation="nearest")
+    axes.set_axis_off()
+    if title:
+        axes.set_title(title)
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,71 @@
+"""The set-up contract: environment.yml agrees with pyproject.toml, CI runs the README's
+test command, and the profile switch behaves as documented."""
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from minildm import config
+from minildm.config import MinildmError, get_profile
+
+ROOT = Path(__file__).resolve().parent.parent
+CONDA_NAMES = {"torch": "pytorch"}  # PyPI name -> conda-forge name where they differ
+
+
+def requirement(text: str) -> tuple[str, str]:
+    name, spec = re.match(r"([A-Za-z0-9_.-]+)\s*(.*)", text).groups()
+    return CONDA_NAMES.get(name.lower(), name.lower()), spec.replace(" ", "")
+
+
+def test_environment_yml_declares_the_same_dependencies_as_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pip_side = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    environment = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda_side = [d for d in environment["dependencies"] if isinstance(d, str)]
+    conda_side = [d for d in conda_side if not d.startswith(("python=", "pip"))]
+    assert sorted(map(requirement, conda_side)) == sorted(map(requirement, pip_side))
+    pip_section = next(d["pip"] for d in environment["dependencies"] if isinstance(d, dict))
+    assert pip_section == ["-e ."]
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"```(?:bash|sh)?\n(.*?)```", readme, flags=re.S)[0].split("\n")
+    commands = [c.split("#")[0].strip() for c in commands if c.split("#")[0].strip()]
+    assert commands == ["make demo", "make test"]
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert "make test" in ci
+
+
+def test_profile_from_environment_and_argument(monkeypatch):
+    monkeypatch.setenv(config.PROFILE_ENV, "cpu")
+    assert get_profile().name == "cpu"
+    assert get_profile("tiny").name == "tiny"
+    monkeypatch.delenv(config.PROFILE_ENV)
+    assert get_profile().name == ("gpu" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(MinildmError, match="unknown profile 'huge': choose one of tiny, cpu, gpu"):
+        get_profile("huge")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_gpu_profile_without_cuda_says_what_to_do():
+    with pytest.raises(MinildmError, match="needs CUDA.*--profile cpu"):
+        get_profile("gpu")
+
+
+def test_tiny_profile_is_smallest():
+    tiny, cpu, gpu = (config.PROFILES[name] for name in ("tiny", "cpu", "gpu"))
+    assert tiny.n_images < cpu.n_images <= gpu.n_images
+    assert tiny.resolution <= cpu.resolution <= gpu.resolution
+
+
+def test_package_imports_without_optional_heavy_modules():
+    code = "import sys, minildm.data; print('datasets' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
