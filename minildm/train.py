@@ -1,0 +1,288 @@
+"""The one training loop, used by every stage of the course (autoencoder, diffusion).
+
+A stage hands the :class:`Trainer` its modules, one optimiser per group of parameters
+and a function that turns a batch into one loss per optimiser. The trainer does the rest:
+
+- batches drawn from a seeded permutation per epoch, so step ``s`` always sees the same data;
+- gradient accumulation, optional gradient clipping, bf16 autocast on a GPU (fp32 on CPU);
+- an exponential moving average (EMA) of one module's weights, used for figures and the
+  exported weights only; the optimiser never sees it;
+- a progress bar with the losses, figures every ``figure_every`` steps;
+- checkpoints (weights, EMA, optimiser states, random-number generators, loss history) in
+  one safetensors file written atomically, so a run resumes exactly where it stopped;
+- Ctrl-C finishes the current step, saves, and stops; a NaN or infinite loss stops with a
+  message naming the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from minildm import checkpoint as ckpt
+from minildm.config import MinildmError
+from minildm.viz import save_grid
+
+Batch = dict[str, torch.Tensor]
+LossFunction = Callable[[Batch, int], tuple[dict[str, torch.Tensor], dict[str, float]]]
+
+
+class TrainingError(MinildmError):
+    """Training cannot go on (a NaN loss, a run folder from another configuration)."""
+
+
+@dataclass
+class TrainConfig:
+    """How long and how to train; the stage decides what is trained."""
+
+    steps: int
+    batch_size: int
+    accumulate: int = 1
+    ema_decay: float | None = None
+    max_grad_norm: float | None = None
+    checkpoint_every: int = 500
+    figure_every: int = 0
+    seed: int = 0
+
+
+class EMA:
+    """Exponential moving average of a module's weights (Polyak averaging):
+    ``shadow <- decay * shadow + (1 - decay) * weights`` after every optimiser step."""
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.decay = decay
+        self.module = copy.deepcopy(module).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        for shadow, current in zip(self.module.state_dict().values(), module.state_dict().values()):
+            if shadow.dtype.is_floating_point:
+                shadow.lerp_(current, 1 - self.decay)
+            else:
+                shadow.copy_(current)
+
+
+class Trainer:
+    """Runs :class:`TrainConfig` on a stage and keeps its run folder.
+
+    Args:
+        run_dir: folder for ``config.json``, ``checkpoint.safetensors``, ``weights.safetensors``
+            (the weights to sample with: EMA where there is one) and ``figures/``.
+        modules: everything to save, by name, e.g. {"autoencoder": ..., "loss": ...}.
+        optimizers: by name; ``loss_fn`` returns one loss per name.
+        loss_fn: (batch, step) -> ({optimizer name: scalar loss}, {log name: float}).
+        data: tensors with the same first dimension; a batch takes the same rows of each.
+        config: the training settings.
+        run_config: everything that defines the models (saved as ``config.json``; a run
+            folder with a different one is refused rather than resumed).
+        ema_of: name of the module to average, if ``config.ema_decay`` is set.
+        figure_fn: (module to show, step) -> images (B, 3, H, W) in [-1, 1].
+    """
+
+    def __init__(self, run_dir: str | Path, modules: dict[str, nn.Module],
+                 optimizers: dict[str, torch.optim.Optimizer], loss_fn: LossFunction,
+                 data: Batch, config: TrainConfig, run_config: dict, ema_of: str | None = None,
+                 figure_fn: Callable[[nn.Module, int], torch.Tensor] | None = None,
+                 progress: bool = True):
+        self.run_dir = Path(run_dir)
+        self.modules, self.optimizers, self.loss_fn = modules, optimizers, loss_fn
+        self.data, self.config, self.run_config = data, config, run_config
+        self.figure_fn, self.progress = figure_fn, progress
+        self.size = len(next(iter(data.values())))
+        self.ema_of = ema_of if config.ema_decay else None
+        self.ema = EMA(modules[ema_of], config.ema_decay) if self.ema_of else None
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        self._stop_requested = False
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.safetensors"
+
+    @property
+    def device(self) -> torch.device:
+        first_module = next(iter(self.modules.values()))
+        return next(first_module.parameters()).device
+
+    def fit(self, resume: bool = True) -> list[dict[str, float]]:
+        """Train until ``config.steps``, resuming from the run folder's checkpoint if any."""
+        self._write_run_config()
+        if resume and self.checkpoint_path.exists():
+            self.load_checkpoint()
+        bar = tqdm(total=self.config.steps, initial=self.step, desc="training", disable=not self.progress)
+        with self._ctrl_c_finishes_the_step():
+            while self.step < self.config.steps:
+                logs = self.train_step()
+                bar.update()
+                bar.set_postfix({k: f"{v:.4g}" for k, v in list(logs.items())[:4]})
+                self._after_step()
+                if self._stop_requested:
+                    self.save_checkpoint()
+                    bar.close()
+                    raise KeyboardInterrupt(f"interrupted: saved step {self.step} to {self.checkpoint_path}")
+        bar.close()
+        self.save_checkpoint()
+        return self.history
+
+    def train_step(self) -> dict[str, float]:
+        """One optimiser step for every optimiser, over ``accumulate`` micro-batches."""
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        for micro in range(self.config.accumulate):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                losses, logs = self.loss_fn(self.batch(self.step, micro), self.step)
+            self._check_finite(losses)
+            names = list(losses)
+            for name in names:
+                parameters = [p for group in self.optimizers[name].param_groups for p in group["params"]]
+                (losses[name] / self.config.accumulate).backward(
+                    inputs=parameters, retain_graph=name != names[-1])
+            for key, value in logs.items():
+                totals[key] = totals.get(key, 0.0) + value / self.config.accumulate
+        for optimizer in self.optimizers.values():
+            if self.config.max_grad_norm:
+                parameters = [p for group in optimizer.param_groups for p in group["params"]]
+                nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm)
+            optimizer.step()
+        if self.ema:
+            self.ema.update(self.modules[self.ema_of])
+        self.history.append({"step": self.step, **totals})
+        self.step += 1
+        return totals
+
+    def batch(self, step: int, micro: int = 0) -> Batch:
+        """Rows for one micro-batch: positions in an endless stream of seeded epoch permutations."""
+        size = self.config.batch_size
+        first = (step * self.config.accumulate + micro) * size
+        positions = torch.arange(first, first + size)
+        epochs, offsets = positions // self.size, positions % self.size
+        rows = torch.empty(size, dtype=torch.int64)
+        for epoch in epochs.unique().tolist():
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(
+                self.config.seed * 1_000_003 + epoch))
+            chosen = epochs == epoch
+            rows[chosen] = order[offsets[chosen]]
+        return {name: values[rows].to(self.device) for name, values in self.data.items()}
+
+    def sampling_module(self, name: str) -> nn.Module:
+        """The weights to evaluate with: the EMA copy of ``name`` when there is one."""
+        return self.ema.module if self.ema and name == self.ema_of else self.modules[name]
+
+    def _after_step(self) -> None:
+        if self.step % self.config.checkpoint_every == 0:
+            self.save_checkpoint()
+        if self.figure_fn and self.config.figure_every and self.step % self.config.figure_every == 0:
+            self.save_figure()
+
+    def save_figure(self) -> Path:
+        shown = self.sampling_module(self.ema_of or next(iter(self.modules)))
+        with torch.no_grad():
+            images = self.figure_fn(shown, self.step)
+        return save_grid(images, self.run_dir / "figures" / f"step{self.step:07d}.png")
+
+    def _check_finite(self, losses: dict[str, torch.Tensor]) -> None:
+        for name, loss in losses.items():
+            if not torch.isfinite(loss).all():
+                last = (f"the last good checkpoint is {self.checkpoint_path} (step "
+                        f"{self._saved_step()})" if self.checkpoint_path.exists() else "no checkpoint was saved yet")
+                raise TrainingError(f"the {name} loss became {loss.item()} at step {self.step}; {last}. "
+                                    "Lower the learning rate or check the data")
+
+    def _saved_step(self) -> int:
+        return ckpt.load(self.checkpoint_path)[1]["step"]
+
+    def save_checkpoint(self) -> Path:
+        """Everything needed to resume exactly, in one file, plus the weights to sample with."""
+        tensors: dict[str, torch.Tensor] = {}
+        optimizer_rest = {}
+        for name, module in self.modules.items():
+            tensors.update(ckpt.with_prefix(f"model.{name}", module.state_dict()))
+        if self.ema:
+            tensors.update(ckpt.with_prefix("ema", self.ema.module.state_dict()))
+        for name, optimizer in self.optimizers.items():
+            state, optimizer_rest[name] = ckpt.optimizer_to_tensors(optimizer)
+            tensors.update(ckpt.with_prefix(f"optimizer.{name}", state))
+        tensors["rng.cpu"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        metadata = {"step": self.step, "optimizers": optimizer_rest, "history": self.history,
+                    "train_config": asdict(self.config)}
+        ckpt.save_atomic(tensors, self.checkpoint_path, metadata)
+        self.export_weights()
+        return self.checkpoint_path
+
+    def export_weights(self) -> Path:
+        """``weights.safetensors``: every module, with the EMA weights where there are some."""
+        tensors = {}
+        for name in self.modules:
+            tensors.update(ckpt.with_prefix(name, self.sampling_module(name).state_dict()))
+        return ckpt.save_atomic(tensors, self.run_dir / "weights.safetensors", {"step": self.step})
+
+    def load_checkpoint(self) -> None:
+        tensors, metadata = ckpt.load(self.checkpoint_path)
+        source = str(self.checkpoint_path)
+        for name, module in self.modules.items():
+            ckpt.load_weights(module, ckpt.strip_prefix(f"model.{name}", tensors), source)
+        if self.ema:
+            ckpt.load_weights(self.ema.module, ckpt.strip_prefix("ema", tensors), source)
+        for name, optimizer in self.optimizers.items():
+            ckpt.optimizer_from_tensors(optimizer, ckpt.strip_prefix(f"optimizer.{name}", tensors),
+                                        metadata["optimizers"][name])
+        torch.set_rng_state(tensors["rng.cpu"])
+        if "rng.cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
+        self.step, self.history = metadata["step"], metadata["history"]
+
+    def _write_run_config(self) -> None:
+        path = self.run_dir / "config.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if saved != json.loads(json.dumps(self.run_config)):
+                changed = sorted(k for k in {*saved, *self.run_config} if saved.get(k) != self.run_config.get(k))
+                raise TrainingError(f"{self.run_dir} holds a run with another configuration "
+                                    f"(differs in: {', '.join(changed)}); choose another --out or delete it")
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".json.tmp")
+        temporary.write_text(json.dumps(self.run_config, indent=2))
+        temporary.replace(path)
+
+    @contextlib.contextmanager
+    def _ctrl_c_finishes_the_step(self):
+        """While training, a first Ctrl-C asks the loop to save and stop after the current
+        step; a second one stops at once."""
+
+        def request_stop(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, request_stop) if in_main_thread else None
+        try:
+            yield
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+            self._stop_requested = False
+
+
+def smoothed(history: list[dict[str, float]], key: str, window: int = 50) -> list[float]:
+    """Running mean over the last ``window`` steps of one logged value, for loss curves."""
+    values = [entry[key] for entry in history if key in entry]
+    means = []
+    for end in range(1, len(values) + 1):
+        recent = values[max(0, end - window):end]
+        means.append(sum(recent) / len(recent))
+    return means

@@ -1,0 +1,168 @@
+"""The training loop: exact resume, Ctrl-C, atomic checkpoints, NaN, EMA, accumulation."""
+
+import os
+import signal
+
+import pytest
+import torch
+from torch import nn
+
+from minildm import checkpoint as ckpt
+from minildm.checkpoint import CheckpointError
+from minildm.train import EMA, Trainer, TrainConfig, TrainingError
+
+DATA = {"x": torch.randn(40, 3, generator=torch.Generator().manual_seed(1))}
+DATA["y"] = DATA["x"] @ torch.tensor([1.0, -2.0, 0.5]) + 0.3
+
+
+def make_trainer(run_dir, steps=30, interrupt_at=None, nan_at=None, ema_decay=0.9, accumulate=1,
+                 batch_size=8, checkpoint_every=10, width=16):
+    model = nn.Sequential(nn.Linear(3, width), nn.Dropout(0.2), nn.ReLU(), nn.Linear(width, 1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+
+    def loss_fn(batch, step):
+        if step == interrupt_at:
+            os.kill(os.getpid(), signal.SIGINT)  # as if the user pressed Ctrl-C during this step
+        loss = (model(batch["x"]).squeeze(1) - batch["y"]).pow(2).mean()
+        if step == nan_at:
+            loss = loss * float("nan")
+        return {"model": loss}, {"loss": loss.item()}
+
+    config = TrainConfig(steps=steps, batch_size=batch_size, accumulate=accumulate, ema_decay=ema_decay,
+                         checkpoint_every=checkpoint_every, seed=3)
+    return Trainer(run_dir, {"model": model}, {"model": optimizer}, loss_fn, DATA, config,
+                   run_config={"width": width}, ema_of="model", progress=False)
+
+
+def test_resume_after_ctrl_c_continues_exactly(tmp_path):
+    torch.manual_seed(0)
+    straight = make_trainer(tmp_path / "straight")
+    expected = [entry["loss"] for entry in straight.fit()]
+
+    torch.manual_seed(0)
+    interrupted = make_trainer(tmp_path / "interrupted", interrupt_at=17)
+    with pytest.raises(KeyboardInterrupt, match="saved step 18"):
+        interrupted.fit()
+    assert ckpt.load(interrupted.checkpoint_path)[1]["step"] == 18
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+    torch.manual_seed(123)  # a new process: other initial weights, other random state
+    resumed = make_trainer(tmp_path / "interrupted")
+    history = resumed.fit()
+    assert [entry["loss"] for entry in history] == expected  # bit-for-bit, dropout included
+    for name, value in straight.modules["model"].state_dict().items():
+        assert torch.equal(value, resumed.modules["model"].state_dict()[name])
+    assert torch.equal(straight.ema.module[0].weight, resumed.ema.module[0].weight)
+
+
+def test_training_reduces_the_loss(tmp_path):
+    torch.manual_seed(0)
+    history = make_trainer(tmp_path / "run", steps=200, ema_decay=None).fit()
+    assert sum(e["loss"] for e in history[-20:]) < 0.1 * sum(e["loss"] for e in history[:20])
+
+
+def test_crash_while_saving_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path / "run", steps=10)
+    trainer.fit()
+    before = trainer.checkpoint_path.read_bytes()
+
+    def crash(tensors, filename, metadata=None):
+        with open(filename, "wb") as half:
+            half.write(b"\x00" * 100)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save_checkpoint()
+    assert trainer.checkpoint_path.read_bytes() == before
+    assert sorted(p.name for p in trainer.run_dir.iterdir()) == [
+        "checkpoint.safetensors", "config.json", "weights.safetensors"]
+    monkeypatch.undo()
+    fresh = make_trainer(tmp_path / "run", steps=10)
+    fresh.load_checkpoint()
+    assert fresh.step == 10
+
+
+def test_nan_loss_stops_and_names_the_last_good_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path / "run", steps=30, nan_at=25)
+    with pytest.raises(TrainingError, match=r"model loss became nan at step 25; the last good "
+                                            r"checkpoint is .*checkpoint.safetensors \(step 20\)"):
+        trainer.fit()
+    assert ckpt.load(trainer.checkpoint_path)[1]["step"] == 20
+    with pytest.raises(TrainingError, match="no checkpoint was saved yet"):
+        make_trainer(tmp_path / "early", nan_at=2).fit()
+
+
+def test_a_run_folder_of_another_configuration_is_refused(tmp_path):
+    make_trainer(tmp_path / "run", steps=5).fit()
+    with pytest.raises(TrainingError, match=r"holds a run with another configuration \(differs in: width\)"):
+        make_trainer(tmp_path / "run", steps=5, width=32).fit()
+
+
+def test_loading_weights_of_another_shape_names_the_tensor(tmp_path):
+    small, large = nn.Linear(3, 4), nn.Linear(3, 5)
+    with pytest.raises(CheckpointError, match=r"different configuration: weight has shape \(4, 3\) "
+                                              r"there but \(5, 3\) here"):
+        ckpt.load_weights(large, small.state_dict(), "the file")
+    with pytest.raises(CheckpointError, match="1 weights missing"):
+        ckpt.load_weights(small, {"weight": small.weight}, "the file")
+    (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="is damaged"):
+        ckpt.load(tmp_path / "bad.safetensors")
+
+
+def test_ema_follows_its_formula_and_is_exported(tmp_path):
+    trainer = make_trainer(tmp_path / "run", steps=1, ema_decay=0.9)
+    start = trainer.ema.module[0].weight.clone()
+    trainer.fit()
+    expected = 0.9 * start + 0.1 * trainer.modules["model"][0].weight
+    assert torch.allclose(trainer.ema.module[0].weight, expected)
+    assert not any(p.requires_grad for p in trainer.ema.module.parameters())
+    exported, _ = ckpt.load(trainer.run_dir / "weights.safetensors")
+    assert torch.equal(exported["model.0.weight"], trainer.ema.module[0].weight)
+
+
+def test_gradient_accumulation_equals_a_bigger_batch(tmp_path):
+    def one_step(accumulate, batch_size):
+        torch.manual_seed(0)
+        trainer = make_trainer(tmp_path / f"acc{accumulate}", steps=1, accumulate=accumulate,
+                               batch_size=batch_size, ema_decay=None)
+        trainer.modules["model"].eval()  # no dropout: the two must see identical computations
+        trainer.fit()
+        return trainer.modules["model"][0].weight
+
+    assert torch.allclose(one_step(2, 4), one_step(1, 8), atol=1e-6)
+
+
+def test_every_row_is_seen_once_per_epoch(tmp_path):
+    trainer = make_trainer(tmp_path / "run", batch_size=8)
+    rows = torch.cat([trainer.batch(step)["x"] for step in range(5)])  # 5 x 8 = 40 = one epoch
+    assert sorted(rows[:, 0].tolist()) == sorted(DATA["x"][:, 0].tolist())
+    assert not torch.equal(trainer.batch(0)["x"], trainer.batch(5)["x"])  # a new order next epoch
+
+
+def test_two_optimisers_only_update_their_own_parameters(tmp_path):
+    generator, critic = nn.Linear(3, 1), nn.Linear(1, 1)
+    config = TrainConfig(steps=1, batch_size=8)
+    trainer = Trainer(tmp_path, {"g": generator, "c": critic},
+                      {"generator": torch.optim.SGD(generator.parameters(), lr=0.1),
+                       "critic": torch.optim.SGD(critic.parameters(), lr=0.1)},
+                      lambda batch, step: losses(batch), DATA, config, {}, progress=False)
+
+    def losses(batch):
+        fake = generator(batch["x"])
+        return {"generator": -critic(fake).mean(), "critic": critic(fake.detach()).pow(2).mean()}, {}
+
+    batch = trainer.batch(0)
+    critic_grad = torch.autograd.grad(losses(batch)[0]["critic"], critic.weight)[0]
+    expected_critic = critic.weight - 0.1 * critic_grad  # the generator's loss must not add to it
+    trainer.fit()
+    assert torch.allclose(critic.weight, expected_critic)
+
+
+def test_ema_handles_integer_buffers():
+    module = nn.BatchNorm1d(2)
+    ema = EMA(module, 0.5)
+    module.num_batches_tracked += 3
+    ema.update(module)
+    assert ema.module.num_batches_tracked.item() == 3
