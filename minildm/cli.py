@@ -7,13 +7,14 @@ exits non-zero after printing one line that says what is wrong, never a tracebac
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from minildm import data, viz
+from minildm import autoencoder_training, data, losses, viz
 from minildm.config import MinildmError, Profile, get_profile
 
 
@@ -40,6 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = _command(commands, "data", "prepare and cache a data set, print a summary", run_data)
     _data_options(prepare)
     prepare.add_argument("--grid", type=Path, help="also write a grid of the first 64 images to this PNG")
+
+    train_ae = _command(commands, "train-ae", "train the autoencoder (stage 1)", run_train_ae)
+    _data_options(train_ae)
+    train_ae.add_argument("--factor", type=int, default=4, choices=[4, 8, 16], help="downsampling factor f")
+    train_ae.add_argument("--reg", default="kl", choices=["kl", "vq"], help="latent regularisation")
+    train_ae.add_argument("--steps", type=int, help="training steps (default: the profile's)")
+    train_ae.add_argument("--out", type=Path, required=True, help="run folder (resumed if it exists)")
+
+    evaluate = _command(commands, "evaluate", "print one JSON object of metrics on held-out images",
+                        run_evaluate)
+    evaluate.add_argument("--ae", type=Path, required=True, help="an autoencoder run folder")
+    evaluate.add_argument("--n", type=int, help="held-out images (default: the profile's)")
 
     demo = _command(commands, "demo", "the embedded default end to end (toy faces)", run_demo)
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the results")
@@ -87,6 +100,36 @@ def run_data(args: argparse.Namespace, profile: Profile) -> None:
     print(f"took {seconds:.2f} s ({len(prepared) / seconds:,.0f} images/s)")
     if args.grid:
         print(f"grid written to {viz.save_grid(prepared.images()[:64], args.grid, scale=2)}")
+
+
+def run_train_ae(args: argparse.Namespace, profile: Profile) -> None:
+    resolution = args.resolution or profile.resolution
+    if resolution % args.factor:
+        raise MinildmError(f"resolution {resolution} is not a multiple of the factor {args.factor}: "
+                           f"the autoencoder halves the image {args.factor.bit_length() - 1} times")
+    train = _load(args, profile)
+    print(data.describe(train).splitlines()[0])
+    config = autoencoder_training.autoencoder_config(profile, args.factor, args.reg)
+    description = {"dataset": args.dataset or profile.dataset, "resolution": train.resolution,
+                   "start": args.start, "n": len(train), "split": args.split, "seed": args.seed}
+    started = time.perf_counter()
+    autoencoder = autoencoder_training.train_autoencoder(
+        args.out, train.pixels, config, profile, steps=args.steps, seed=args.seed,
+        data_description=description, perceptual=losses.load_perceptual())
+    minutes = (time.perf_counter() - started) / 60
+    print(f"trained in {minutes:.1f} min; latent {autoencoder.latent_shape(train.resolution)}, "
+          f"scale factor {autoencoder.scale_factor.item():.4f}; run folder {args.out}")
+
+
+def run_evaluate(args: argparse.Namespace, profile: Profile) -> None:
+    autoencoder = autoencoder_training.load_autoencoder(args.ae, profile.device)
+    seen = json.loads((args.ae / "config.json").read_text())["data"]
+    held_out = data.load_images(seen["dataset"], seen["resolution"], args.n or profile.n_holdout,
+                                start=seen["start"] + seen["n"], split=seen["split"], seed=seen["seed"])
+    results = autoencoder_training.evaluate_autoencoder(autoencoder, held_out.pixels)
+    results["data"] = (f"{len(held_out)} held-out images of {seen['dataset']} from index "
+                       f"{seen['start'] + seen['n']}, center crop, bicubic resize to {seen['resolution']} px")
+    print(json.dumps(results))
 
 
 def run_demo(args: argparse.Namespace, profile: Profile) -> None:

@@ -29,6 +29,29 @@ class MinildmError(Exception):
 
 
 @dataclass(frozen=True)
+class AutoencoderPreset:
+    """How big an autoencoder each profile trains, and for how long.
+
+    Attributes:
+        base_channels: channels at full resolution (the paper: 128).
+        res_blocks: ResBlocks per level (the paper: 2).
+        attention: self-attention in the middle blocks.
+        steps, batch_size, learning_rate: the optimisation (Adam, betas (0.5, 0.9)).
+        disc_start: step at which the patch GAN switches on (beyond ``steps``: never).
+        codebook_size: entries of the VQ codebook (the paper's VQ-f4: 8192).
+    """
+
+    base_channels: int
+    res_blocks: int
+    attention: bool
+    steps: int
+    batch_size: int
+    learning_rate: float
+    disc_start: int
+    codebook_size: int
+
+
+@dataclass(frozen=True)
 class Profile:
     """Sizes for one kind of machine.
 
@@ -39,6 +62,7 @@ class Profile:
         n_images: how many training images to prepare.
         n_holdout: how many held-out images to prepare for evaluation.
         device: ``cuda`` or ``cpu``.
+        autoencoder: the autoencoder's size and training (stage 1).
     """
 
     name: str
@@ -47,12 +71,16 @@ class Profile:
     n_images: int
     n_holdout: int
     device: str
+    autoencoder: AutoencoderPreset
 
 
 PROFILES: dict[str, Profile] = {
-    "tiny": Profile("tiny", "toyfaces", 32, 512, 128, "cpu"),
-    "cpu": Profile("cpu", "toyfaces", 32, 10_000, 1_000, "cpu"),
-    "gpu": Profile("gpu", "toyfaces", 64, 30_000, 2_000, "cuda"),
+    "tiny": Profile("tiny", "toyfaces", 32, 512, 128, "cpu",
+                    autoencoder=AutoencoderPreset(16, 1, False, 20, 8, 2e-3, 10, 64)),
+    "cpu": Profile("cpu", "toyfaces", 32, 10_000, 1_000, "cpu",
+                   autoencoder=AutoencoderPreset(64, 1, True, 2000, 32, 1e-3, 10**9, 512)),
+    "gpu": Profile("gpu", "toyfaces", 64, 30_000, 2_000, "cuda",
+                   autoencoder=AutoencoderPreset(128, 2, True, 50_000, 16, 4.5e-5, 25_000, 8192)),
 }
 
 

@@ -34,7 +34,7 @@ from urllib.parse import urlparse
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from minildm import images as imgs
 from minildm import toyfaces

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from minildm import checkpoint as ckpt
 from minildm.config import MinildmError

@@ -34,8 +34,8 @@ def save_grid(images: torch.Tensor, path: str | Path, ncols: int = 8, scale: int
     return path
 
 
-def show_grid(images: torch.Tensor, ncols: int = 8, title: str | None = None, size: float = 8.0):
-    """Show a grid of images (B, 3, H, W) in [-1, 1] in a notebook; returns the figure."""
+def show_grid(images: torch.Tensor, ncols: int = 8, title: str | None = None, size: float = 8.0) -> None:
+    """Show a grid of images (B, 3, H, W) in [-1, 1] in a notebook."""
     grid = image_grid(images, ncols)
     figure, axes = plt.subplots(figsize=(size, size * grid.shape[0] / grid.shape[1]))
     axes.imshow(grid.numpy(), interpolation="nearest")
@@ -43,4 +43,4 @@ def show_grid(images: torch.Tensor, ncols: int = 8, title: str | None = None, si
     if title:
         axes.set_title(title)
     figure.tight_layout()
-    return figure
+    plt.show()

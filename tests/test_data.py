@@ -95,6 +95,8 @@ def test_center_crop_and_antialiased_resize(tmp_path, cache):
 
 
 def test_corrupt_and_small_files_are_skipped_and_counted(tmp_path, cache):
+    kept = Path(load_images("toyfaces", 32, 8, cache_dir=cache, progress=False).info["cache"])
+    before = file_hash(kept)
     folder = write_folder(tmp_path / "mixed", {"good1.png": solid((10, 20, 30)),
                                                "good2.png": solid((40, 50, 60)),
                                                "tiny.png": solid((1, 2, 3), size=(8, 8))})
@@ -107,6 +109,7 @@ def test_corrupt_and_small_files_are_skipped_and_counted(tmp_path, cache):
     summary = data.describe(loaded)
     assert "skipped 2 files: unreadable" in summary
     assert "skipped 1 file: smaller than the resolution" in summary
+    assert file_hash(kept) == before and len(list(cache.iterdir())) == 2
 
 
 def test_start_and_n_select_a_slice(tmp_path, cache):
@@ -192,7 +195,9 @@ def test_damaged_cache_is_rebuilt(cache, capsys):
     assert torch.equal(again.pixels, original.pixels) and not again.info.get("from_cache")
 
 
-def test_unreachable_hub_fails_fast_with_advice(monkeypatch, cache):
+def test_unreachable_hub_fails_fast_with_advice_and_keeps_the_cache(monkeypatch, cache):
+    kept = Path(load_images("toyfaces", 32, 8, cache_dir=cache, progress=False).info["cache"])
+    before = file_hash(kept)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
     started = time.perf_counter()
     with pytest.raises(DataError, match=r"cannot reach the Hugging Face hub .*celeba-hq-256x256.*toyfaces"):
@@ -201,6 +206,7 @@ def test_unreachable_hub_fails_fast_with_advice(monkeypatch, cache):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match="offline mode is set"):
         load_images("hub:someone/faces", 32, 8, cache_dir=cache, progress=False)
+    assert file_hash(kept) == before and list(cache.iterdir()) == [kept]
 
 
 def hub_schema_dataset(n: int = 10):

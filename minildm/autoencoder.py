@@ -1,0 +1,346 @@
+"""The autoencoder: perceptual compression (Rombach et al., CVPR 2022, Sec. 3.1).
+
+An encoder ``E`` maps an image ``x`` of shape (3, H, W) to a latent ``z = E(x)`` of shape
+(c, H/f, W/f), a decoder ``D`` maps it back, ``x ~ D(z)``. The factor ``f`` (4, 8 or 16) is
+the number the paper's model names carry: LDM-4 diffuses in the latent of an f=4 autoencoder.
+The latent must be small, but also well behaved, so the paper regularises it in one of two ways:
+
+- KL-reg. (:class:`AutoencoderKL`): the encoder predicts a diagonal Gaussian ``q(z|x)`` and a
+  tiny KL penalty (weight ~1e-6) pulls it towards N(0, I), as in a VAE. The latent stays
+  continuous; its scale is fixed afterwards by :func:`measure_scale_factor`.
+- VQ-reg. (:class:`AutoencoderVQ`): the latent is snapped to the nearest entry of a learned
+  codebook (VQ-VAE, van den Oord et al. 2017), with the quantiser inside the decoder.
+
+Both share one interface: ``encode(x) -> z``, ``decode(z) -> x``, ``forward(x) ->
+(reconstruction, extras)``; :func:`build_autoencoder` picks the class from the config. The
+training objective (L1 + perceptual + patch GAN) lives in :mod:`minildm.losses`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from minildm.nn import Downsample, ResBlock, SelfAttention2d, Upsample, normalization
+
+# Channel multiplier per resolution level; one downsampling between consecutive levels.
+CHANNEL_MULTIPLIERS = {4: (1, 2, 4), 8: (1, 2, 4, 4), 16: (1, 1, 2, 2, 4)}
+REGULARIZERS = ("kl", "vq")
+
+
+@dataclass
+class AutoencoderConfig:
+    """Sizes and regularisation of an autoencoder; ``to_dict`` / ``from_dict`` round-trip JSON.
+
+    Attributes:
+        reg: ``"kl"`` (Gaussian latent, KL penalty) or ``"vq"`` (vector-quantised latent).
+        factor: downsampling factor f: 4, 8 or 16 (log2(f) downsamplings).
+        base_channels: channels at full resolution; deeper levels use multiples of it.
+        res_blocks: ResBlocks per level in the encoder (the decoder has one more, as in LDM).
+        latent_channels: channels c of the latent.
+        attention: self-attention in the middle blocks of encoder and decoder.
+        codebook_size: VQ only: number of codebook entries.
+        kl_weight: KL only: weight of the KL penalty (1e-6 in the paper).
+        vq_beta: VQ only: weight of the commitment loss.
+        revive_after: VQ only: training steps a code may go unused before it is re-initialised.
+        image_channels: channels of the images.
+    """
+
+    reg: str = "kl"
+    factor: int = 4
+    base_channels: int = 64
+    res_blocks: int = 1
+    latent_channels: int = 4
+    attention: bool = True
+    codebook_size: int = 512
+    kl_weight: float = 1e-6
+    vq_beta: float = 0.25
+    revive_after: int = 50
+    image_channels: int = 3
+
+    def __post_init__(self) -> None:
+        if self.reg not in REGULARIZERS:
+            raise ValueError(f"unknown autoencoder regularisation {self.reg!r}: choose 'kl' or 'vq'")
+        if self.factor not in CHANNEL_MULTIPLIERS:
+            raise ValueError(f"autoencoder factor must be 4, 8 or 16, got {self.factor}")
+
+    @property
+    def channel_multipliers(self) -> tuple[int, ...]:
+        return CHANNEL_MULTIPLIERS[self.factor]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> AutoencoderConfig:
+        """Build a config from ``to_dict``'s output; unknown keys raise a ValueError."""
+        unknown = sorted(set(values) - {field.name for field in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown autoencoder config keys: {', '.join(unknown)}")
+        return cls(**values)
+
+
+class Encoder(nn.Module):
+    """Image (B, image_channels, H, W) -> features (B, out_channels, H/f, W/f)."""
+
+    def __init__(self, config: AutoencoderConfig, out_channels: int) -> None:
+        super().__init__()
+        widths = [config.base_channels * m for m in config.channel_multipliers]
+        self.conv_in = nn.Conv2d(config.image_channels, widths[0], 3, padding=1)
+        layers: list[nn.Module] = []
+        channels = widths[0]
+        for level, width in enumerate(widths):
+            for _ in range(config.res_blocks):
+                layers.append(ResBlock(channels, width))
+                channels = width
+            if level < len(widths) - 1:
+                layers.append(Downsample(channels))
+        self.down = nn.Sequential(*layers)
+        self.mid = middle_block(channels, config.attention)
+        self.norm_out = normalization(channels)
+        self.conv_out = nn.Conv2d(channels, out_channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.mid(self.down(self.conv_in(x)))  # (B, widths[-1], H/f, W/f)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    """Latent (B, latent_channels, h, w) -> image (B, image_channels, f*h, f*w)."""
+
+    def __init__(self, config: AutoencoderConfig) -> None:
+        super().__init__()
+        widths = [config.base_channels * m for m in config.channel_multipliers]
+        channels = widths[-1]
+        self.conv_in = nn.Conv2d(config.latent_channels, channels, 3, padding=1)
+        self.mid = middle_block(channels, config.attention)
+        layers: list[nn.Module] = []
+        for level in reversed(range(len(widths))):
+            for _ in range(config.res_blocks + 1):
+                layers.append(ResBlock(channels, widths[level]))
+                channels = widths[level]
+            if level > 0:
+                layers.append(Upsample(channels))
+        self.up = nn.Sequential(*layers)
+        self.norm_out = normalization(channels)
+        self.conv_out = nn.Conv2d(channels, config.image_channels, 3, padding=1)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.up(self.mid(self.conv_in(z)))  # (B, base_channels, H, W)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def middle_block(channels: int, attention: bool) -> nn.Sequential:
+    """ResBlock, self-attention (optional), ResBlock, at the lowest resolution."""
+    attend = SelfAttention2d(channels) if attention else nn.Identity()
+    return nn.Sequential(ResBlock(channels, channels), attend, ResBlock(channels, channels))
+
+
+class DiagonalGaussian:
+    """The posterior q(z|x) = N(mean, diag(exp(logvar))) predicted by the KL encoder.
+
+    Args:
+        parameters: (B, 2C, H, W), the mean and the log-variance stacked along channels.
+    """
+
+    def __init__(self, parameters: Tensor) -> None:
+        self.mean, logvar = parameters.float().chunk(2, dim=1)  # (B, C, H, W) each, float32
+        self.logvar = logvar.clamp(-30.0, 20.0)
+        self.var = self.logvar.exp()
+        self.std = (0.5 * self.logvar).exp()
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        """z = mean + std * eps, eps ~ N(0, I) (the reparameterisation trick)."""
+        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device,
+                          dtype=self.mean.dtype)
+        return self.mean + self.std * eps
+
+    def mode(self) -> Tensor:
+        return self.mean
+
+    def kl(self) -> Tensor:
+        """KL(q || N(0, I)) = 0.5 * sum(mean^2 + var - 1 - logvar), summed over C, H, W and
+        averaged over the batch: a scalar."""
+        per_element = 0.5 * (self.mean**2 + self.var - 1.0 - self.logvar)
+        return per_element.sum(dim=(1, 2, 3)).mean()
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest-neighbour lookup in a learned codebook (VQ-VAE, van den Oord et al. 2017).
+
+    Loss: ``||sg[z_e] - e||^2 + beta * ||z_e - sg[e]||^2`` (codebook + commitment; ``sg`` stops
+    the gradient), averaged over elements. The lookup has no gradient, so the straight-through
+    estimator ``z_q = z_e + sg[e - z_e]`` copies the decoder's gradient to the encoder.
+
+    Dead codes: a buffer counts the training steps since each code was last chosen. A code
+    unused for ``revive_after`` steps is moved onto a random encoder output of the current batch.
+    The count starts at ``revive_after``, so the first training step initialises the whole
+    codebook from encoder outputs. Nothing changes in eval mode.
+    """
+
+    def __init__(self, codebook_size: int, dim: int, beta: float = 0.25, revive_after: int = 50) -> None:
+        super().__init__()
+        self.codebook_size, self.beta, self.revive_after = codebook_size, beta, revive_after
+        self.codebook = nn.Embedding(codebook_size, dim)
+        nn.init.uniform_(self.codebook.weight, -1.0 / codebook_size, 1.0 / codebook_size)
+        self.register_buffer("steps_since_used", torch.full((codebook_size,), revive_after))
+
+    def nearest_code(self, flat: Tensor) -> Tensor:
+        """Indices (N,) of the codebook rows closest to ``flat`` (N, dim).
+
+        The argmin of the Euclidean distance is that of the squared distance; computing it in
+        float32 keeps the choice accurate under bf16 autocast."""
+        with torch.no_grad():
+            distances = torch.cdist(flat.float(), self.codebook.weight.float())  # (N, K)
+        return distances.argmin(dim=1)
+
+    def lookup(self, z_e: Tensor) -> tuple[Tensor, Tensor]:
+        """Nearest codes for ``z_e`` (B, dim, H, W): codes (B, dim, H, W), indices (B, H, W)."""
+        height, width = z_e.shape[-2:]
+        indices = self.nearest_code(rearrange(z_e, "b d h w -> (b h w) d"))  # (BHW,)
+        indices = rearrange(indices, "(b h w) -> b h w", h=height, w=width)
+        return rearrange(self.codebook(indices), "b h w d -> b d h w"), indices
+
+    def quantize(self, z_e: Tensor) -> tuple[Tensor, Tensor]:
+        """Snap ``z_e`` to the codebook, no side effects: (z_q straight-through, indices)."""
+        codes, indices = self.lookup(z_e)
+        return z_e + (codes - z_e).detach(), indices
+
+    def forward(self, z_e: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns ``(z_q, loss, indices)``; in training mode also tracks and revives dead codes."""
+        if self.training:
+            self.revive_dead_codes(rearrange(z_e, "b d h w -> (b h w) d"))
+        codes, indices = self.lookup(z_e)  # (B, dim, H, W), (B, H, W)
+        if self.training:
+            self.steps_since_used += 1
+            self.steps_since_used[indices.unique()] = 0
+        loss = F.mse_loss(codes, z_e.detach()) + self.beta * F.mse_loss(z_e, codes.detach())
+        z_q = z_e + (codes - z_e).detach()  # value of codes, gradient of z_e
+        return z_q, loss, indices
+
+    @torch.no_grad()
+    def revive_dead_codes(self, flat: Tensor) -> None:
+        """Move codes unused for ``revive_after`` steps onto random rows of ``flat`` (N, dim)."""
+        dead = (self.steps_since_used >= self.revive_after).nonzero().squeeze(1)
+        if len(dead) == 0:
+            return
+        chosen = torch.randint(len(flat), (len(dead),), device=flat.device)
+        self.codebook.weight[dead] = flat[chosen].to(self.codebook.weight.dtype)
+        self.steps_since_used[dead] = 0
+
+    def perplexity(self, indices: Tensor) -> Tensor:
+        """exp(entropy of code usage): K when all K codes are used equally often, 1 for one code."""
+        counts = torch.bincount(indices.flatten(), minlength=self.codebook_size).float()
+        probabilities = counts / counts.sum()
+        entropy = -(probabilities * torch.log(probabilities.clamp_min(1e-12))).sum()
+        return entropy.exp()
+
+
+class Autoencoder(nn.Module):
+    """What both regularisations share: encoder, decoder, latent shape and scale factor.
+
+    ``scale_factor`` (a buffer, saved with the weights) is 1.0 until set from data with
+    :func:`measure_scale_factor`; ``encode``/``decode`` work on unscaled latents and the
+    diffusion model multiplies by it.
+    """
+
+    def __init__(self, config: AutoencoderConfig, encoder_channels: int) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config, encoder_channels)
+        self.decoder = Decoder(config)
+        self.register_buffer("scale_factor", torch.tensor(1.0))
+
+    def latent_shape(self, image_size: int) -> tuple[int, int, int]:
+        """(latent_channels, image_size / f, image_size / f) for square images."""
+        factor = self.config.factor
+        if image_size % factor:
+            raise ValueError(f"resolution {image_size} is not a multiple of the autoencoder's factor {factor}")
+        return (self.config.latent_channels, image_size // factor, image_size // factor)
+
+    @property
+    def last_layer_weight(self) -> Tensor:
+        """The decoder's final conv weight, where the GAN's adaptive weight is measured."""
+        return self.decoder.conv_out.weight
+
+    def check_resolution(self, x: Tensor) -> None:
+        for size in x.shape[-2:]:
+            self.latent_shape(size)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Latent (B, c, h, w) -> image (B, 3, f*h, f*w), values roughly in [-1, 1]."""
+        return self.decoder(z)
+
+
+class AutoencoderKL(Autoencoder):
+    """KL-regularised autoencoder: the encoder predicts a :class:`DiagonalGaussian`."""
+
+    def __init__(self, config: AutoencoderConfig) -> None:
+        super().__init__(config, encoder_channels=2 * config.latent_channels)
+
+    def posterior(self, x: Tensor) -> DiagonalGaussian:
+        self.check_resolution(x)
+        return DiagonalGaussian(self.encoder(x))
+
+    def encode(self, x: Tensor, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
+        """Image (B, 3, H, W) -> latent (B, c, H/f, W/f): the posterior mode, or a sample."""
+        posterior = self.posterior(x)
+        return posterior.sample(generator) if sample else posterior.mode()
+
+    def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Reconstruct from a posterior sample; extras: ``{"kl": KL per image}``."""
+        posterior = self.posterior(x)
+        return self.decode(posterior.sample()), {"kl": posterior.kl()}
+
+
+class AutoencoderVQ(Autoencoder):
+    """VQ-regularised autoencoder: latents are codebook entries."""
+
+    def __init__(self, config: AutoencoderConfig) -> None:
+        super().__init__(config, encoder_channels=config.latent_channels)
+        self.quantizer = VectorQuantizer(config.codebook_size, config.latent_channels,
+                                         config.vq_beta, config.revive_after)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Image (B, 3, H, W) -> quantised latent (B, c, H/f, W/f)."""
+        self.check_resolution(x)
+        return self.quantizer.quantize(self.encoder(x))[0]
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Snap ``z`` to the codebook, then decode: the paper puts the quantiser in the decoder,
+        so the diffusion model may produce any latent and still get a codebook image."""
+        return self.decoder(self.quantizer.quantize(z)[0])
+
+    def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Extras: ``vq_loss`` (codebook + commitment), ``perplexity``, ``indices`` (B, h, w)."""
+        self.check_resolution(x)
+        z_q, vq_loss, indices = self.quantizer(self.encoder(x))
+        extras = {"vq_loss": vq_loss, "perplexity": self.quantizer.perplexity(indices), "indices": indices}
+        return self.decoder(z_q), extras
+
+
+def build_autoencoder(config: AutoencoderConfig) -> AutoencoderKL | AutoencoderVQ:
+    """The autoencoder class that ``config.reg`` names."""
+    return AutoencoderKL(config) if config.reg == "kl" else AutoencoderVQ(config)
+
+
+@torch.no_grad()
+def measure_scale_factor(autoencoder: Autoencoder, images: Tensor, batch_size: int = 256) -> float:
+    """1 / std of the latents ``encode(images)`` over the whole set (images in [-1, 1]).
+
+    Multiplying latents by this makes them unit variance, the scale the diffusion noise
+    schedule assumes (paper Sec. 4.3.2 and App. D.1, which estimates it on the first batch).
+    Stable Diffusion's famous 0.18215 is exactly this number measured for its KL-f8
+    autoencoder. VQ latents keep 1.0 in the paper.
+    Use: ``autoencoder.scale_factor.fill_(measure_scale_factor(autoencoder, images))``.
+    """
+    was_training = autoencoder.training
+    autoencoder.eval()
+    device = autoencoder.scale_factor.device
+    latents = [autoencoder.encode(batch.to(device)) for batch in images.split(batch_size)]
+    autoencoder.train(was_training)
+    return 1.0 / torch.cat(latents).float().std().item()

@@ -1,0 +1,133 @@
+"""Stage 1 of a latent diffusion model: train the autoencoder, measure it, load it back.
+
+The run folder this writes is everything later stages need: ``config.json`` (the
+autoencoder's configuration, the loss and the data it saw), ``weights.safetensors``
+(with the latent scale factor measured on the training images) and ``figures/``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from minildm import checkpoint as ckpt
+from minildm import losses
+from minildm.autoencoder import Autoencoder, AutoencoderConfig, build_autoencoder, measure_scale_factor
+from minildm.config import Profile
+from minildm.data import random_flip
+from minildm.images import uint8_to_float
+from minildm.metrics import psnr, ssim
+from minildm.train import Trainer, TrainConfig
+
+
+def autoencoder_config(profile: Profile, factor: int = 4, reg: str = "kl") -> AutoencoderConfig:
+    """The profile's autoencoder for a factor and regularisation (VQ: 3 latent channels, the
+    paper's VQ-f4; KL: 4, the paper's KL-f8)."""
+    preset = profile.autoencoder
+    return AutoencoderConfig(reg=reg, factor=factor, base_channels=preset.base_channels,
+                             res_blocks=preset.res_blocks, attention=preset.attention,
+                             latent_channels=4 if reg == "kl" else 3, codebook_size=preset.codebook_size)
+
+
+def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, config: AutoencoderConfig,
+                      profile: Profile, steps: int | None = None, seed: int = 0,
+                      data_description: dict | None = None, progress: bool = True,
+                      perceptual: losses.PerceptualLoss | None = None) -> Autoencoder:
+    """Train (or resume) an autoencoder on uint8 images (N, 3, R, R); returns it with its
+    scale factor set (KL: 1 / std of the latents; VQ: 1).
+
+    The objective is the paper's (:class:`~minildm.losses.AutoencoderLoss`): L1 + perceptual
+    distance under a learned variance, the KL or VQ term, and a patch GAN from
+    ``disc_start`` on. Two Adam optimisers with betas (0.5, 0.9), as in the paper.
+    """
+    preset = profile.autoencoder
+    device = torch.device(profile.device)
+    torch.manual_seed(seed)
+    autoencoder = build_autoencoder(config).to(device)
+    loss_config = losses.LossConfig.from_autoencoder(config, disc_start=preset.disc_start)
+    objective = losses.AutoencoderLoss(loss_config, perceptual).to(device)
+    optimizers = {
+        "autoencoder": torch.optim.Adam([*autoencoder.parameters(), *objective.generator_parameters()],
+                                        lr=preset.learning_rate, betas=(0.5, 0.9)),
+        "discriminator": torch.optim.Adam(objective.discriminator_parameters(),
+                                          lr=preset.learning_rate, betas=(0.5, 0.9)),
+    }
+
+    def loss_fn(batch, step):
+        images = random_flip(uint8_to_float(batch["pixels"]))  # (B, 3, R, R) in [-1, 1]
+        reconstruction, extras = autoencoder(images)
+        loss, logs = objective.generator_loss(images, reconstruction, extras, step,
+                                              autoencoder.last_layer_weight)
+        step_losses = {"autoencoder": loss}
+        if objective.gan_active(step):
+            step_losses["discriminator"], disc_logs = objective.discriminator_loss(images, reconstruction, step)
+            logs.update(disc_logs)
+        return step_losses, logs
+
+    shown = uint8_to_float(pixels[:8]).to(device)
+
+    def figure_fn(module, step):
+        module.eval()
+        reconstruction = module(shown)[0]
+        module.train()
+        return torch.cat([shown, reconstruction.clamp(-1, 1)])  # top row: input, bottom: output
+
+    train_config = TrainConfig(steps=steps or preset.steps, batch_size=preset.batch_size, seed=seed,
+                               checkpoint_every=max(1, (steps or preset.steps) // 5),
+                               figure_every=max(1, (steps or preset.steps) // 5))
+    run_config = {"stage": "autoencoder", "autoencoder": config.to_dict(), "loss": asdict(loss_config),
+                  "learning_rate": preset.learning_rate, "data": data_description or {}}
+    trainer = Trainer(run_dir, {"autoencoder": autoencoder, "loss": objective}, optimizers, loss_fn,
+                      {"pixels": pixels}, train_config, run_config, figure_fn=figure_fn, progress=progress)
+    trainer.fit()
+    if config.reg == "kl":
+        autoencoder.scale_factor.fill_(measure_scale_factor(autoencoder, uint8_to_float(pixels[:2048]).to(device)))
+        trainer.save_checkpoint()
+    autoencoder.eval()
+    return autoencoder
+
+
+def load_autoencoder(run_dir: str | Path, device: str | torch.device = "cpu") -> Autoencoder:
+    """The trained autoencoder of a run folder written by :func:`train_autoencoder`."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise ckpt.CheckpointError(f"{run_dir} is not an autoencoder run folder (no config.json)")
+    run_config = json.loads(config_path.read_text())
+    if run_config.get("stage") != "autoencoder":
+        raise ckpt.CheckpointError(f"{run_dir} holds a {run_config.get('stage')!r} run, not an autoencoder")
+    autoencoder = build_autoencoder(AutoencoderConfig.from_dict(run_config["autoencoder"]))
+    tensors, _ = ckpt.load(run_dir / "weights.safetensors")
+    ckpt.load_weights(autoencoder, ckpt.strip_prefix("autoencoder", tensors), str(run_dir / "weights.safetensors"))
+    return autoencoder.to(device).eval()
+
+
+@torch.no_grad()
+def evaluate_autoencoder(autoencoder: Autoencoder, pixels: torch.Tensor, batch_size: int = 128) -> dict:
+    """Reconstruction quality on uint8 images (N, 3, R, R): PSNR (dB) and SSIM averaged over
+    images, the latent shape, the scale factor, and for VQ the codebook perplexity."""
+    device = autoencoder.scale_factor.device
+    psnrs, ssims, codes = [], [], []
+    for batch in pixels.split(batch_size):
+        images = uint8_to_float(batch).to(device)
+        reconstruction, extras = autoencoder(images) if autoencoder.config.reg == "vq" else \
+            (autoencoder.decode(autoencoder.encode(images)), {})
+        psnrs.append(psnr(images, reconstruction))
+        ssims.append(ssim(images, reconstruction))
+        if "indices" in extras:
+            codes.append(extras["indices"].flatten())
+    results = {
+        "psnr": round(torch.cat(psnrs).mean().item(), 3),
+        "ssim": round(torch.cat(ssims).mean().item(), 4),
+        "latent_shape": list(autoencoder.latent_shape(pixels.shape[-1])),
+        "scale_factor": round(autoencoder.scale_factor.item(), 5),
+        "n_images": len(pixels),
+    }
+    if codes:
+        perplexity = autoencoder.quantizer.perplexity(torch.cat(codes)).item()
+        results.update(perplexity=round(perplexity, 1), codebook_size=autoencoder.config.codebook_size,
+                       codebook_usage=round(perplexity / autoencoder.config.codebook_size, 3))
+    return results

@@ -1,0 +1,132 @@
+"""Building blocks shared by the autoencoder and the diffusion UNet.
+
+Both networks of a latent diffusion model (Rombach et al., CVPR 2022, Sec. 3.1 and 3.3) are
+stacks of the same few pieces, taken from DDPM (Ho et al. 2020) and its improved UNet, ADM
+(Dhariwal & Nichol 2021, "Diffusion Models Beat GANs", Sec. 3):
+
+- :func:`normalization`: GroupNorm, which works for any batch size.
+- :class:`ResBlock`: norm, SiLU, 3x3 conv, twice, plus a skip path. With a time embedding it
+  becomes the UNet's block, which scales and shifts its features by the diffusion time step.
+- :class:`Downsample` / :class:`Upsample`: halve or double the resolution.
+- :class:`SelfAttention2d`: every pixel attends to every other pixel.
+
+Layers that end a residual branch start at zero (ADM practice, also used in the LDM code), so
+each block is the identity at initialisation and a deep stack trains stably from step one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+MAX_GROUPS = 32
+
+
+def normalization(channels: int) -> nn.GroupNorm:
+    """GroupNorm with 32 groups, or fewer (the largest that divides ``channels``)."""
+    return nn.GroupNorm(math.gcd(MAX_GROUPS, channels), channels, eps=1e-6)
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Set every parameter of ``module`` to zero and return it."""
+    for parameter in module.parameters():
+        nn.init.zeros_(parameter)
+    return module
+
+
+class ResBlock(nn.Module):
+    """Residual block: ``skip(x) + conv(SiLU(norm(conv(SiLU(norm(x))))))``.
+
+    With ``time_channels`` set, ``forward(x, t_emb)`` injects the time embedding after the
+    second norm as a scale and a shift (FiLM; ADM's "scale-shift norm"):
+    ``h = norm(h) * (1 + scale) + shift``, where ``(scale, shift)`` is a linear map of ``t_emb``.
+    Without it, ``forward(x)`` takes the features only.
+
+    Args:
+        in_channels: channels of the input.
+        out_channels: channels of the output; a 1x1 conv adapts the skip path when they differ.
+        dropout: dropout probability before the last conv.
+        time_channels: size of the time embedding vector, or None for a block without one.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0,
+                 time_channels: int | None = None) -> None:
+        super().__init__()
+        self.norm1 = normalization(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.time_proj = None
+        if time_channels is not None:
+            self.time_proj = nn.Sequential(nn.SiLU(), nn.Linear(time_channels, 2 * out_channels))
+        self.norm2 = normalization(out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: Tensor, t_emb: Tensor | None = None) -> Tensor:
+        """``x``: (B, in, H, W); ``t_emb``: (B, time_channels) when the block has one."""
+        if (t_emb is None) != (self.time_proj is None):
+            expected = "a time embedding" if self.time_proj is not None else "no time embedding"
+            raise ValueError(f"this ResBlock was built for {expected}")
+        h = self.conv1(F.silu(self.norm1(x)))  # (B, out, H, W)
+        h = self.norm2(h)
+        if self.time_proj is not None:
+            scale_shift = rearrange(self.time_proj(t_emb), "b c -> b c 1 1")  # (B, 2 * out, 1, 1)
+            scale, shift = scale_shift.chunk(2, dim=1)  # (B, out, 1, 1) each
+            h = h * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))  # (B, out, H, W)
+        return self.skip(x) + h
+
+
+class Downsample(nn.Module):
+    """Halve height and width with a learned 3x3 convolution of stride 2."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)  # (B, C, H, W) -> (B, C, H/2, W/2)
+
+
+class Upsample(nn.Module):
+    """Double height and width: nearest-neighbour copy, then a 3x3 convolution."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")  # (B, C, 2H, 2W)
+        return self.conv(x)
+
+
+class SelfAttention2d(nn.Module):
+    """Multi-head self-attention over the pixels of a feature map, with a residual connection.
+
+    Each pixel is a token: ``softmax(Q K^T / sqrt(d)) V`` per head (Vaswani et al. 2017), where
+    ``d`` is the channels per head. Give either ``heads`` or ``head_channels`` (the LDM configs
+    use 32 channels per head for faces and 8 heads for churches).
+    """
+
+    def __init__(self, channels: int, heads: int = 1, head_channels: int | None = None) -> None:
+        super().__init__()
+        if head_channels is not None:
+            heads = channels // head_channels
+        if heads < 1 or channels % heads:
+            raise ValueError(f"cannot split {channels} channels into {heads} attention heads")
+        self.heads = heads
+        self.norm = normalization(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj_out = zero_module(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        height, width = x.shape[-2:]
+        qkv = self.qkv(self.norm(x))  # (B, 3C, H, W)
+        q, k, v = rearrange(qkv, "b (three heads d) h w -> three b heads (h w) d",
+                            three=3, heads=self.heads)  # (B, heads, HW, d) each
+        attended = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, d)
+        attended = rearrange(attended, "b heads (h w) d -> b (heads d) h w", h=height, w=width)
+        return x + self.proj_out(attended)  # (B, C, H, W)

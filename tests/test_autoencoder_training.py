@@ -1,0 +1,117 @@
+"""Stage 1 end to end in the tiny profile: train, save, load, evaluate, resume, refuse."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from minildm import autoencoder_training as stage
+from minildm import checkpoint as ckpt
+from minildm import toyfaces
+from minildm.config import get_profile
+from minildm.images import float_to_uint8
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    return float_to_uint8(toyfaces.generate(48, resolution=32, seed=5)[0])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, pixels):
+    run_dir = tmp_path_factory.mktemp("ae")
+    profile = get_profile("tiny")
+    config = stage.autoencoder_config(profile, factor=4, reg="kl")
+    autoencoder = stage.train_autoencoder(run_dir, pixels, config, profile, progress=False)
+    return run_dir, autoencoder
+
+
+def test_run_folder_holds_what_later_stages_need(trained, pixels):
+    run_dir, autoencoder = trained
+    assert {p.name for p in run_dir.iterdir()} >= {"config.json", "weights.safetensors",
+                                                   "checkpoint.safetensors", "figures"}
+    assert len(list((run_dir / "figures").glob("*.png"))) >= 1
+    history = ckpt.load(run_dir / "checkpoint.safetensors")[1]["history"]
+    assert len(history) == get_profile("tiny").autoencoder.steps
+    assert "d_loss" in history[-1] and "d_loss" not in history[0]  # the GAN switched on at disc_start
+
+    loaded = stage.load_autoencoder(run_dir)
+    images = (pixels[:4].float() / 127.5) - 1
+    with torch.no_grad():
+        assert torch.allclose(loaded.decode(loaded.encode(images)),
+                              autoencoder.decode(autoencoder.encode(images)), atol=1e-5)
+
+
+def test_scale_factor_makes_latents_unit_variance(trained, pixels):
+    _, autoencoder = trained
+    with torch.no_grad():
+        latents = autoencoder.encode(pixels.float() / 127.5 - 1)
+    assert autoencoder.scale_factor.item() != 1.0
+    assert abs((latents * autoencoder.scale_factor).std().item() - 1.0) < 0.15
+
+
+def test_evaluate_reports_quality_and_shapes(trained, pixels):
+    results = stage.evaluate_autoencoder(trained[1], pixels[:16])
+    assert results["latent_shape"] == [4, 8, 8] and results["n_images"] == 16
+    assert 5 < results["psnr"] < 60 and -1 <= results["ssim"] <= 1
+    assert results["scale_factor"] == pytest.approx(trained[1].scale_factor.item(), rel=1e-4)
+
+
+def test_finished_run_is_not_trained_again(trained, pixels):
+    run_dir, autoencoder = trained
+    before = (run_dir / "weights.safetensors").read_bytes()
+    profile = get_profile("tiny")
+    again = stage.train_autoencoder(run_dir, pixels, stage.autoencoder_config(profile), profile,
+                                    progress=False)
+    assert torch.equal(again.decoder.conv_out.weight, autoencoder.decoder.conv_out.weight)
+    assert again.scale_factor.item() == pytest.approx(autoencoder.scale_factor.item())
+    assert (run_dir / "weights.safetensors").read_bytes() == before
+
+
+def test_other_configuration_is_refused(trained, pixels):
+    run_dir, _ = trained
+    profile = get_profile("tiny")
+    with pytest.raises(ckpt.MinildmError, match="another configuration"):
+        stage.train_autoencoder(run_dir, pixels, stage.autoencoder_config(profile, factor=8), profile,
+                                progress=False)
+    config = json.loads((run_dir / "config.json").read_text())
+    config["autoencoder"]["base_channels"] *= 2
+    other = run_dir.parent / "edited"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps(config))
+    (other / "weights.safetensors").write_bytes((run_dir / "weights.safetensors").read_bytes())
+    with pytest.raises(ckpt.CheckpointError, match="different configuration"):
+        stage.load_autoencoder(other)
+
+
+def test_vq_autoencoder_reports_codebook_use(tmp_path, pixels):
+    profile = get_profile("tiny")
+    config = stage.autoencoder_config(profile, reg="vq")
+    autoencoder = stage.train_autoencoder(tmp_path, pixels, config, profile, steps=5, progress=False)
+    results = stage.evaluate_autoencoder(autoencoder, pixels[:16])
+    assert autoencoder.scale_factor.item() == 1.0 and results["latent_shape"] == [3, 8, 8]
+    assert 1 <= results["perplexity"] <= config.codebook_size
+    assert results["codebook_usage"] == pytest.approx(results["perplexity"] / config.codebook_size, abs=1e-3)
+
+
+def test_command_line_trains_and_evaluates(tmp_path):
+    env_args = {"env": {**os.environ, "MINILDM_DATA_DIR": str(tmp_path / "data")}}
+    run = [sys.executable, "-m", "minildm"]
+    trained = subprocess.run([*run, "train-ae", "--profile", "tiny", "--n", "32", "--steps", "3",
+                              "--out", str(tmp_path / "ae")], capture_output=True, text=True, **env_args)
+    assert trained.returncode == 0, trained.stderr
+    assert "scale factor" in trained.stdout
+    evaluated = subprocess.run([*run, "evaluate", "--profile", "tiny", "--ae", str(tmp_path / "ae"), "--n", "8"],
+                               capture_output=True, text=True, **env_args)
+    assert evaluated.returncode == 0, evaluated.stderr
+    results = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    assert results["n_images"] == 8 and "held-out images of toyfaces from index 32" in results["data"]
+    bad = subprocess.run([*run, "train-ae", "--profile", "tiny", "--resolution", "36", "--factor", "8",
+                          "--out", str(tmp_path / "x")], capture_output=True, text=True, **env_args)
+    assert bad.returncode == 1 and bad.stderr.startswith("minildm: error: resolution 36 is not a multiple")
+    missing = subprocess.run([*run, "evaluate", "--profile", "tiny", "--ae", str(tmp_path / "nope")],
+                             capture_output=True, text=True, **env_args)
+    assert missing.returncode == 1 and "not an autoencoder run folder" in missing.stderr

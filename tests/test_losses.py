@@ -1,0 +1,263 @@
+"""The autoencoder objective: VGG16 weights and their loading (never from the network here),
+the perceptual distance, the patch GAN's losses and its adaptive weight, and the two-optimiser
+training step."""
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from minildm import losses
+from minildm.autoencoder import AutoencoderConfig, build_autoencoder
+from minildm.losses import (AutoencoderLoss, LossConfig, PatchDiscriminator, PerceptualLoss, VGG16Features,
+                            adaptive_weight, generator_adversarial_loss, hinge_d_loss, load_perceptual,
+                            vgg16_from_torchvision)
+
+# torchvision's VGG16 "features": conv widths and "M" for max pooling, each conv followed by a ReLU.
+TORCHVISION_LAYOUT = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+LPIPS_RELU_INDICES = [3, 8, 15, 22, 29]  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The test machines share two cores; one thread avoids OpenMP threads waiting on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
+
+
+def torchvision_style_features() -> nn.Sequential:
+    layers, channels = [], 3
+    for item in TORCHVISION_LAYOUT:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            layers += [nn.Conv2d(channels, item, 3, padding=1), nn.ReLU()]
+            channels = item
+    return nn.Sequential(*layers)
+
+
+@pytest.fixture(scope="module")
+def fake_torchvision():
+    """A randomly initialised VGG16 trunk and its state dict in torchvision's key layout."""
+    torch.manual_seed(1)
+    features = torchvision_style_features()
+    state_dict = {f"features.{key}": value for key, value in features.state_dict().items()}
+    state_dict["classifier.0.weight"] = torch.randn(8, 4)  # must be ignored
+    return features, state_dict
+
+
+def reference_lpips_features(features: nn.Sequential, images: torch.Tensor) -> list[torch.Tensor]:
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    h, taps = ((images + 1) / 2 - mean) / std, []
+    for index, layer in enumerate(features):
+        h = layer(h)
+        if index in LPIPS_RELU_INDICES:
+            taps.append(h)
+    return taps
+
+
+def random_images(n: int = 2, size: int = 32) -> torch.Tensor:
+    return torch.rand(n, 3, size, size) * 2 - 1
+
+
+def assert_same_features(perceptual: PerceptualLoss, features: nn.Sequential) -> None:
+    images = random_images()
+    with torch.no_grad():
+        for ours, theirs in zip(perceptual.vgg(images), reference_lpips_features(features, images), strict=True):
+            assert ours.shape == theirs.shape and torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_torchvision_keys_map_onto_our_vgg(fake_torchvision):
+    features, state_dict = fake_torchvision
+    assert all(isinstance(features[i], nn.ReLU) for i in LPIPS_RELU_INDICES)
+    mapped = vgg16_from_torchvision(state_dict)
+    assert len(mapped) == 26 and torch.equal(mapped["conv5_3.bias"], state_dict["features.28.bias"])
+    vgg = VGG16Features()
+    vgg.load_weights(mapped)
+    assert_same_features(PerceptualLoss(vgg), features)
+    with pytest.raises(ValueError, match="exactly the keys"):
+        vgg.load_weights({**mapped, "conv6_1.weight": torch.zeros(1)})
+
+
+def test_load_perceptual_from_a_local_file(fake_torchvision, tmp_path, monkeypatch):
+    features, state_dict = fake_torchvision
+    path = tmp_path / "vgg.safetensors"
+    save_file(vgg16_from_torchvision(state_dict), str(path))
+    assert_same_features(load_perceptual(path), features)
+    monkeypatch.setenv(losses.VGG16_WEIGHTS_ENV, str(path))
+    assert_same_features(load_perceptual(), features)
+    with pytest.raises(FileNotFoundError, match="no VGG16 weights at"):
+        load_perceptual(tmp_path / "missing.safetensors")
+    pickled = tmp_path / "vgg16.pth"
+    pickled.write_bytes(b"not opened")
+    with pytest.raises(ValueError, match="must be a .safetensors file"):
+        load_perceptual(pickled)
+
+
+def test_load_perceptual_downloads_once_and_converts(fake_torchvision, tmp_path, monkeypatch, capsys):
+    features, state_dict = fake_torchvision
+    served = tmp_path / "served" / "vgg16-397923af.pth"
+    served.parent.mkdir()
+    torch.save(state_dict, served)
+    monkeypatch.setenv("MINILDM_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv(losses.VGG16_WEIGHTS_ENV, raising=False)
+    monkeypatch.setattr(losses, "VGG16_URL", served.as_uri())  # a local "download", no network
+    assert_same_features(load_perceptual(), features)
+    assert (tmp_path / "data" / "weights" / "vgg16.safetensors").is_file()
+    assert list((tmp_path / "data" / "weights").iterdir()) == [tmp_path / "data" / "weights" / "vgg16.safetensors"]
+    monkeypatch.setattr(losses, "VGG16_URL", (tmp_path / "gone.pth").as_uri())
+    assert_same_features(load_perceptual(), features)  # from the saved file now
+    assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("failure", ["missing file", "timeout"])
+def test_offline_load_perceptual_warns_once_and_returns_none(failure, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MINILDM_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv(losses.VGG16_WEIGHTS_ENV, raising=False)
+    monkeypatch.setattr(losses, "VGG16_URL", (tmp_path / "nowhere" / "vgg16.pth").as_uri())
+    if failure == "timeout":
+        def time_out(*args, **kwargs):
+            raise TimeoutError("timed out")
+        monkeypatch.setattr(losses.urllib.request, "urlopen", time_out)
+    assert load_perceptual() is None
+    captured = capsys.readouterr()
+    lines = (captured.out + captured.err).splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("warning: VGG16 weights unavailable (offline?): training without the perceptual "
+                               f"loss; put vgg16.safetensors in {tmp_path / 'weights'} to enable it")
+
+
+def test_perceptual_distance_properties():
+    perceptual = PerceptualLoss(VGG16Features())
+    x, y = random_images(), random_images()
+    assert torch.allclose(perceptual(x, x), torch.zeros(2), atol=1e-6)
+    distance = perceptual(x, y)
+    assert distance.shape == (2,) and (distance > 0).all()
+    assert torch.allclose(distance, perceptual(y, x), rtol=1e-5)
+    assert list(perceptual.parameters()) == [] and perceptual.state_dict() == {}  # frozen, never saved
+
+
+def test_hinge_and_generator_losses_by_hand():
+    real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-2.0, 0.0, 1.0])
+    # relu(1 - real) = [0, 0.5, 2], mean 5/6; relu(1 + fake) = [0, 1, 2], mean 1
+    assert hinge_d_loss(real, fake).item() == pytest.approx(0.5 * (5 / 6 + 1))
+    assert generator_adversarial_loss(torch.tensor([1.0, 2.0, 3.0])).item() == pytest.approx(-2.0)
+
+
+def test_adaptive_weight_on_a_linear_decoder():
+    weight = nn.Parameter(torch.randn(3, 2))
+    h, target, v = torch.randn(5, 2), torch.randn(5, 3), torch.randn(3)
+    out = h @ weight.T  # (5, 3)
+    rec_loss = (out - target).abs().mean()
+    g_loss = -(out @ v).mean()
+    rec_grad = torch.sign(out - target).detach().T @ h / 15  # d rec / d weight
+    g_grad = -torch.outer(v, h.mean(dim=0))  # d g / d weight
+    expected = rec_grad.norm() / (g_grad.norm() + 1e-4)
+    result = adaptive_weight(rec_loss, g_loss, weight)
+    assert result.item() == pytest.approx(expected.item(), rel=1e-5) and not result.requires_grad
+    assert adaptive_weight(1e3 * rec_loss, 1e-12 * g_loss, weight).item() == pytest.approx(1e4)  # clamped
+
+
+def test_patch_discriminator_shape_and_init():
+    discriminator = PatchDiscriminator()
+    assert discriminator(random_images(2, 32)).shape == (2, 1, 2, 2)
+    assert discriminator(random_images(1, 64)).shape == (1, 1, 6, 6)
+    assert discriminator.layers[2].weight.std().item() == pytest.approx(0.02, rel=0.05)
+
+
+def kl_setup(disc_start: int = 10, perceptual: PerceptualLoss | None = None) -> tuple:
+    autoencoder = build_autoencoder(AutoencoderConfig(base_channels=16))
+    loss = AutoencoderLoss(LossConfig.from_autoencoder(autoencoder.config, disc_start=disc_start), perceptual)
+    x = random_images()
+    reconstruction, extras = autoencoder(x)
+    return autoencoder, loss, x, reconstruction, extras
+
+
+def test_generator_loss_switches_the_gan_on_at_disc_start():
+    autoencoder, loss_fn, x, reconstruction, extras = kl_setup(disc_start=10)
+    with torch.no_grad():
+        loss_fn.logvar.fill_(0.3)
+    calls = []
+    loss_fn.discriminator.register_forward_hook(lambda *args: calls.append(1))
+    weight = autoencoder.last_layer_weight
+
+    loss, logs = loss_fn.generator_loss(x, reconstruction, extras, step=9, last_layer_weight=weight)
+    nll = (x - reconstruction).abs().mean() / math.exp(0.3) + 0.3
+    expected = nll + 1e-6 * extras["kl"] / (3 * 32 * 32)
+    assert torch.allclose(loss, expected) and calls == [] and "g_loss" not in logs
+    assert logs["nll"] == pytest.approx(nll.item()) and logs["kl"] == pytest.approx(extras["kl"].item())
+
+    loss, logs = loss_fn.generator_loss(x, reconstruction, extras, step=10, last_layer_weight=weight)
+    assert calls == [1]
+    g_loss = -loss_fn.discriminator(reconstruction).mean()
+    nll_grad, = torch.autograd.grad(nll, weight, retain_graph=True)
+    g_grad, = torch.autograd.grad(g_loss, weight, retain_graph=True)
+    d_weight = 0.5 * nll_grad.norm() / (g_grad.norm() + 1e-4)
+    assert logs["d_weight"] == pytest.approx(d_weight.item(), rel=1e-4)
+    assert torch.allclose(loss, expected + d_weight * g_loss, rtol=1e-5)
+
+
+def test_perceptual_term_enters_the_reconstruction_loss():
+    perceptual = PerceptualLoss(VGG16Features())
+    autoencoder, loss_fn, x, reconstruction, extras = kl_setup(perceptual=perceptual)
+    _, logs = loss_fn.generator_loss(x, reconstruction, extras, step=0,
+                                     last_layer_weight=autoencoder.last_layer_weight)
+    distance = perceptual(x, reconstruction).mean().item()
+    assert logs["perceptual"] == pytest.approx(distance) and distance > 0
+    assert logs["rec"] == pytest.approx(logs["l1"] + distance)
+    assert not any("vgg" in key for key in loss_fn.state_dict())  # checkpoints stay small
+
+
+def test_discriminator_loss_is_zero_before_disc_start():
+    _, loss_fn, x, reconstruction, _ = kl_setup(disc_start=10)
+    loss, logs = loss_fn.discriminator_loss(x, reconstruction, step=9)
+    assert loss.item() == 0.0 and logs == {"d_loss": 0.0}
+    loss.backward()  # a no-op, so a training loop needs no special case
+    assert all(p.grad is None for p in loss_fn.discriminator_parameters())
+    loss, _ = loss_fn.discriminator_loss(x, reconstruction, step=10)
+    expected = hinge_d_loss(loss_fn.discriminator(x), loss_fn.discriminator(reconstruction))
+    assert torch.allclose(loss, expected)
+
+
+def test_two_optimisers_take_one_step_each():
+    autoencoder, loss_fn, x, reconstruction, extras = kl_setup(disc_start=0)
+    generator_opt = torch.optim.Adam([*autoencoder.parameters(), *loss_fn.generator_parameters()],
+                                     lr=1e-4, betas=(0.5, 0.9))
+    discriminator_opt = torch.optim.Adam(loss_fn.discriminator_parameters(), lr=1e-4, betas=(0.5, 0.9))
+
+    loss, _ = loss_fn.generator_loss(x, reconstruction, extras, step=0,
+                                     last_layer_weight=autoencoder.last_layer_weight)
+    loss.backward()
+    assert all(p.grad is None and p.requires_grad for p in loss_fn.discriminator_parameters())
+    assert autoencoder.last_layer_weight.grad is not None and loss_fn.logvar.grad is not None
+    generator_opt.step()
+
+    before = [p.detach().clone() for p in loss_fn.discriminator_parameters()]
+    encoder_grad = autoencoder.encoder.conv_in.weight.grad.clone()
+    d_loss, logs = loss_fn.discriminator_loss(x, reconstruction, step=0)
+    d_loss.backward()
+    assert torch.equal(autoencoder.encoder.conv_in.weight.grad, encoder_grad)  # reconstruction detached
+    discriminator_opt.step()
+    after = loss_fn.discriminator_parameters()
+    assert all(not torch.equal(b, a) for b, a in zip(before, after))
+    assert set(logs) == {"d_loss", "logits_real", "logits_fake"}
+
+
+def test_vq_objective_adds_the_codebook_loss_without_learned_logvar():
+    autoencoder = build_autoencoder(AutoencoderConfig(reg="vq", base_channels=16, codebook_size=32))
+    config = LossConfig.from_autoencoder(autoencoder.config, disc_start=100)
+    assert not config.learned_logvar
+    loss_fn = AutoencoderLoss(config)
+    assert loss_fn.generator_parameters() == []
+    x = random_images()
+    reconstruction, extras = autoencoder(x)
+    loss, logs = loss_fn.generator_loss(x, reconstruction, extras, step=0,
+                                        last_layer_weight=autoencoder.last_layer_weight)
+    assert torch.allclose(loss, (x - reconstruction).abs().mean() + extras["vq_loss"])
+    assert logs["perplexity"] == pytest.approx(extras["perplexity"].item()) and "vq" in logs
