@@ -117,3 +117,8 @@ def celeba_dir() -> Path | None:
     """The local CelebA folder named by ``MINILDM_CELEBA_DIR``, if it exists."""
     path = os.environ.get(CELEBA_DIR_ENV)
     return Path(path) if path and Path(path).is_dir() else None
+
+
+def runs_dir() -> Path:
+    """Where notebooks keep their run folders: ``MINILDM_RUNS_DIR`` or the repository's ``runs/``."""
+    return Path(os.environ.get("MINILDM_RUNS_DIR") or repo_root() / "runs")

@@ -286,3 +286,8 @@ def smoothed(history: list[dict[str, float]], key: str, window: int = 50) -> lis
         recent = values[max(0, end - window):end]
         means.append(sum(recent) / len(recent))
     return means
+
+
+def load_history(run_dir: str | Path) -> list[dict[str, float]]:
+    """The logged values of every step so far, from a run folder's checkpoint."""
+    return ckpt.load(Path(run_dir) / "checkpoint.safetensors")[1]["history"]
