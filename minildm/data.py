@@ -23,13 +23,11 @@ import hashlib
 import json
 import os
 import re
-import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -37,23 +35,12 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from minildm import images as imgs
-from minildm import toyfaces
-from minildm.config import MinildmError, data_dir
+from minildm import sources, toyfaces
+from minildm.config import data_dir
+from minildm.sources import HUB_DATASETS, OFFLINE_HINT, DataError, read_celeba_attributes
 
-HUB_DATASETS: dict[str, tuple[str, str | None]] = {
-    "celeba-hq": ("korexyz/celeba-hq-256x256", None),
-    "celeba": ("flwrlabs/celeba", "img_align+identity+attr"),
-    "lsun-churches": ("tglcourse/lsun_church_train", None),
-    "lsun-bedrooms": ("pcuenq/lsun-bedrooms", None),
-}
-OFFLINE_HINT = (
-    "use --dataset toyfaces, a local image folder or a local datasets folder (see data/README.md)"
-)
-
-
-class DataError(MinildmError):
-    """A data source that cannot be read; the message is one line meant for the user."""
-
+__all__ = ["HUB_DATASETS", "DataError", "ImageDataset", "describe", "load_images", "random_flip",
+           "read_celeba_attributes"]
 
 @dataclass
 class ImageDataset(torch.utils.data.Dataset):
@@ -178,18 +165,18 @@ def _prepare(dataset, resolution, n, start, split, seed, attributes_file, progre
         return _toyfaces(resolution, n, start, seed)
     if kind == "hub":
         repo_id, config = HUB_DATASETS.get(dataset, (dataset.removeprefix("hub:"), None))
-        _check_hub_reachable(repo_id)
-        rows = _open_hf_dataset(repo_id, config, split)
-        return _collect(_hf_records(rows, start), resolution, n, dataset, progress)
+        sources.check_hub_reachable(repo_id)
+        rows = sources.open_hf_dataset(repo_id, config, split)
+        return _collect(sources.hf_records(rows, start), resolution, n, dataset, progress)
     path = Path(dataset).expanduser()
     if not path.exists():
         raise DataError(f"no such file or folder: {path} ({OFFLINE_HINT.replace('use ', 'or use ')})")
     if not path.is_dir():
         raise DataError(f"{path} is a file: give a folder of images or a datasets folder")
-    if _is_saved_dataset(path) or _has_parquet(path):
-        rows = _open_hf_dataset(str(path), None, split)
-        return _collect(_hf_records(rows, start), resolution, n, str(path), progress)
-    records = _folder_records(path, start, attributes_file)
+    if sources.is_saved_dataset(path) or sources.has_parquet(path):
+        rows = sources.open_hf_dataset(str(path), None, split)
+        return _collect(sources.hf_records(rows, start), resolution, n, str(path), progress)
+    records = sources.folder_records(path, start, attributes_file)
     return _collect(records, resolution, n, str(path), progress)
 
 
@@ -204,17 +191,7 @@ def _toyfaces(resolution: int, n: int, start: int, seed: int) -> ImageDataset:
     )
 
 
-@dataclass
-class _Record:
-    """One image still to be decoded, with its labels."""
-
-    load: Callable[[], object]  # returns a PIL image, or raises if the file is unreadable
-    name: str
-    attributes: dict[str, bool] | None = None
-    label: int | None = None
-
-
-def _collect(records: Iterable[_Record], resolution: int, n: int | None, source: str,
+def _collect(records: Iterable[sources.Record], resolution: int, n: int | None, source: str,
              progress: bool) -> ImageDataset:
     """Decode and prepare records until ``n`` usable images are found."""
     pixels, attribute_rows, labels = [], [], []
@@ -259,109 +236,6 @@ def _nothing_usable_message(source: str, resolution: int, skipped: Counter, smal
                 f"(the largest usable resolution is {smallest}): choose a smaller --resolution")
     counts = ", ".join(f"{count} {why}" for why, count in skipped.items())
     return f"no usable image in {source}: skipped {counts}"
-
-
-def _folder_records(folder: Path, start: int, attributes_file) -> Iterator[_Record]:
-    """Images of a folder (or of its ``images/`` subfolder), sorted by path."""
-    image_dir = folder / "images" if (folder / "images").is_dir() else folder
-    files = sorted(p for p in image_dir.rglob("*") if p.suffix.lower() in imgs.IMAGE_EXTENSIONS)
-    if not files:
-        raise DataError(f"no images found in {folder} (looked for {', '.join(imgs.IMAGE_EXTENSIONS)})")
-    attribute_path = Path(attributes_file) if attributes_file else folder / "list_attr_celeba.txt"
-    table = read_celeba_attributes(attribute_path) if attributes_file or attribute_path.exists() else None
-    for path in files[start:]:
-        attributes = table.get(path.name) if table is not None else None
-        if table is not None and attributes is None:
-            continue  # an image without a row in the attribute file cannot be labelled
-        yield _Record(load=lambda p=path: imgs.open_image(p), name=path.name, attributes=attributes)
-
-
-def read_celeba_attributes(path: str | Path) -> dict[str, dict[str, bool]]:
-    """Read CelebA's ``list_attr_celeba.txt``: a count line, a header of attribute
-    names, then one line per file with values 1 / -1. Returns {filename: {name: bool}}."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"attribute file not found: {path}")
-    lines = path.read_text().splitlines()
-    if len(lines) < 2:
-        raise DataError(f"{path} is not a CelebA attribute file: it has fewer than two lines")
-    names = lines[1].split()
-    table = {}
-    for number, line in enumerate(lines[2:], start=3):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != len(names) + 1 or any(v not in ("1", "-1") for v in fields[1:]):
-            raise DataError(f"{path}, line {number}: expected a file name and {len(names)} values of 1 or -1")
-        table[fields[0]] = {name: value == "1" for name, value in zip(names, fields[1:])}
-    return table
-
-
-def _is_saved_dataset(path: Path) -> bool:
-    return (path / "dataset_dict.json").exists() or (path / "state.json").exists()
-
-
-def _has_parquet(path: Path) -> bool:
-    return any(path.rglob("*.parquet"))
-
-
-def _check_hub_reachable(repo_id: str, timeout: float = 5.0) -> None:
-    """Fail in seconds, with advice, when the hub cannot be reached (instead of retrying)."""
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or \
-        os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("", "0")
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        if offline:
-            raise OSError("offline mode is set")
-        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
-    except OSError as error:
-        raise DataError(f"cannot reach the Hugging Face hub to stream {repo_id!r} ({error}): "
-                        f"{OFFLINE_HINT}") from None
-
-
-def _open_hf_dataset(path: str, config: str | None, split: str):
-    """A ``datasets`` split, streamed from the hub or read from a local folder."""
-    import datasets  # imported here: it is slow to import and only some sources need it
-
-    try:
-        if Path(path).is_dir() and _is_saved_dataset(Path(path)):
-            loaded = datasets.load_from_disk(path)
-            rows = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-        else:
-            rows = datasets.load_dataset(path, config, split=split, streaming=True)
-    except KeyError:
-        raise DataError(f"{path} has no split {split!r}") from None
-    except Exception as error:  # datasets raises many types; the user needs one line
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DataError(f"cannot open {path!r} with datasets: {first_line}") from None
-    image_column = _image_column(rows)
-    return rows.cast_column(image_column, datasets.Image(decode=False)), image_column
-
-
-def _image_column(rows) -> str:
-    import datasets
-
-    features = rows.features or {}
-    for name, feature in features.items():
-        if isinstance(feature, datasets.Image):
-            return name
-    for name in ("image", "img"):
-        if name in features:
-            return name
-    raise DataError(f"the data set has no image column (columns: {', '.join(features) or 'unknown'})")
-
-
-def _hf_records(opened, start: int) -> Iterator[_Record]:
-    """Records from a ``datasets`` split: the image column, bool columns as attributes,
-    a ``label`` column as the class."""
-    rows, image_column = opened
-    for index, row in enumerate(rows.skip(start), start=start):
-        value = row[image_column]  # {"bytes": ..., "path": ...}: decoded here, to skip bad files
-        source = (value.get("bytes") or value.get("path")) if isinstance(value, dict) else value
-        attributes = {k: v for k, v in row.items() if isinstance(v, bool)} or None
-        label = row.get("label") if isinstance(row.get("label"), int) else None
-        yield _Record(load=lambda s=source: imgs.open_image(s), name=str(index),
-                      attributes=attributes, label=label)
 
 
 def _cache_key(dataset, resolution, n, start, split, seed, attributes_file) -> str:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from minildm import data, toyfaces
+from minildm import data, sources, toyfaces
 from minildm.config import celeba_dir
 from minildm.data import DataError, load_images
 
@@ -260,7 +260,7 @@ def test_hub_names_stream_the_right_repository(tmp_path, cache, monkeypatch):
         calls.append((path, name, split, streaming))
         return real_load(str(folder), split=split, streaming=streaming)
 
-    monkeypatch.setattr(data, "_check_hub_reachable", lambda repo_id: None)
+    monkeypatch.setattr(sources, "check_hub_reachable", lambda repo_id: None)
     monkeypatch.setattr(datasets, "load_dataset", fake_hub)
     loaded = load_images("celeba", 16, 5, cache_dir=cache, progress=False)
     assert calls == [("flwrlabs/celeba", "img_align+identity+attr", "train", True)]
