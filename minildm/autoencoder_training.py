@@ -99,7 +99,11 @@ def load_autoencoder(run_dir: str | Path, device: str | torch.device = "cpu") ->
     run_config = json.loads(config_path.read_text())
     if run_config.get("stage") != "autoencoder":
         raise ckpt.CheckpointError(f"{run_dir} holds a {run_config.get('stage')!r} run, not an autoencoder")
-    autoencoder = build_autoencoder(AutoencoderConfig.from_dict(run_config["autoencoder"]))
+    try:
+        autoencoder = build_autoencoder(AutoencoderConfig.from_dict(run_config["autoencoder"]))
+    except (KeyError, ValueError) as error:
+        raise ckpt.CheckpointError(f"{config_path} does not describe an autoencoder this version can "
+                                   f"build: {error}") from None
     tensors, _ = ckpt.load(run_dir / "weights.safetensors")
     ckpt.load_weights(autoencoder, ckpt.strip_prefix("autoencoder", tensors), str(run_dir / "weights.safetensors"))
     return autoencoder.to(device).eval()

@@ -78,7 +78,7 @@ PROFILES: dict[str, Profile] = {
     "tiny": Profile("tiny", "toyfaces", 32, 512, 128, "cpu",
                     autoencoder=AutoencoderPreset(16, 1, False, 20, 8, 2e-3, 10, 64)),
     "cpu": Profile("cpu", "toyfaces", 32, 10_000, 1_000, "cpu",
-                   autoencoder=AutoencoderPreset(64, 1, True, 2000, 32, 1e-3, 10**9, 512)),
+                   autoencoder=AutoencoderPreset(16, 1, False, 1600, 16, 2e-3, 10**9, 512)),
     "gpu": Profile("gpu", "toyfaces", 64, 30_000, 2_000, "cuda",
                    autoencoder=AutoencoderPreset(128, 2, True, 50_000, 16, 4.5e-5, 25_000, 8192)),
 }

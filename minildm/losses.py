@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from minildm.autoencoder import AutoencoderConfig
-from minildm.config import data_dir
+from minildm.config import MinildmError, data_dir
 from minildm.nn import normalization
 
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
@@ -79,11 +79,11 @@ class VGG16Features(nn.Module):
         """Copy weights named ``conv1_1.weight``, ``conv1_1.bias``, ... (see :func:`vgg16_from_torchvision`)."""
         expected = {f"{name}.{kind}" for name in vgg16_conv_names() for kind in ("weight", "bias")}
         if set(tensors) != expected:
-            raise ValueError(f"VGG16 weights must have exactly the keys {sorted(expected)}")
+            raise MinildmError(f"VGG16 weights must have exactly the keys {sorted(expected)}")
         for key, value in tensors.items():
             target = getattr(self, key.replace(".", "_"))
             if value.shape != target.shape:
-                raise ValueError(f"VGG16 weight {key} has shape {tuple(value.shape)}, expected {tuple(target.shape)}")
+                raise MinildmError(f"VGG16 weight {key} has shape {tuple(value.shape)}, expected {tuple(target.shape)}")
             target.copy_(value)
 
     def forward(self, images: Tensor) -> list[Tensor]:
@@ -148,9 +148,9 @@ def find_local_weights(path: str | Path | None = None) -> Path | None:
         return default_weights_path() if default_weights_path().is_file() else None
     named = Path(named)
     if not named.is_file():
-        raise FileNotFoundError(f"no VGG16 weights at {named}")
+        raise MinildmError(f"no VGG16 weights at {named}")
     if named.suffix != ".safetensors":
-        raise ValueError(f"VGG16 weights must be a .safetensors file (never unpickled), got {named}")
+        raise MinildmError(f"VGG16 weights must be a .safetensors file (never unpickled), got {named}")
     return named
 
 

@@ -16,14 +16,7 @@ from minildm.autoencoder import (AutoencoderConfig, AutoencoderKL, AutoencoderVQ
 from minildm.nn import ResBlock, SelfAttention2d, normalization
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machines share two cores; one thread avoids OpenMP threads waiting on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small(**overrides) -> AutoencoderConfig:

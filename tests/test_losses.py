@@ -11,6 +11,7 @@ from torch import nn
 
 from minildm import losses
 from minildm.autoencoder import AutoencoderConfig, build_autoencoder
+from minildm.config import MinildmError
 from minildm.losses import (AutoencoderLoss, LossConfig, PatchDiscriminator, PerceptualLoss, VGG16Features,
                             adaptive_weight, generator_adversarial_loss, hinge_d_loss, load_perceptual,
                             vgg16_from_torchvision)
@@ -20,14 +21,7 @@ TORCHVISION_LAYOUT = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 
 LPIPS_RELU_INDICES = [3, 8, 15, 22, 29]  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machines share two cores; one thread avoids OpenMP threads waiting on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def torchvision_style_features() -> nn.Sequential:
@@ -81,7 +75,7 @@ def test_torchvision_keys_map_onto_our_vgg(fake_torchvision):
     vgg = VGG16Features()
     vgg.load_weights(mapped)
     assert_same_features(PerceptualLoss(vgg), features)
-    with pytest.raises(ValueError, match="exactly the keys"):
+    with pytest.raises(MinildmError, match="exactly the keys"):
         vgg.load_weights({**mapped, "conv6_1.weight": torch.zeros(1)})
 
 
@@ -92,11 +86,11 @@ def test_load_perceptual_from_a_local_file(fake_torchvision, tmp_path, monkeypat
     assert_same_features(load_perceptual(path), features)
     monkeypatch.setenv(losses.VGG16_WEIGHTS_ENV, str(path))
     assert_same_features(load_perceptual(), features)
-    with pytest.raises(FileNotFoundError, match="no VGG16 weights at"):
+    with pytest.raises(MinildmError, match="no VGG16 weights at"):
         load_perceptual(tmp_path / "missing.safetensors")
     pickled = tmp_path / "vgg16.pth"
     pickled.write_bytes(b"not opened")
-    with pytest.raises(ValueError, match="must be a .safetensors file"):
+    with pytest.raises(MinildmError, match="must be a .safetensors file"):
         load_perceptual(pickled)
 
 
