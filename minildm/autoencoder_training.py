@@ -75,9 +75,9 @@ def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, config: Autoenc
         module.train()
         return torch.cat([shown, reconstruction.clamp(-1, 1)])  # top row: input, bottom: output
 
-    train_config = TrainConfig(steps=steps or preset.steps, batch_size=preset.batch_size, seed=seed,
-                               checkpoint_every=max(1, (steps or preset.steps) // 5),
-                               figure_every=max(1, (steps or preset.steps) // 5))
+    steps = steps or preset.steps
+    train_config = TrainConfig(steps=steps, batch_size=preset.batch_size, seed=seed,
+                               checkpoint_every=max(1, steps // 5), figure_every=max(1, steps // 5))
     run_config = {"stage": "autoencoder", "autoencoder": config.to_dict(), "loss": asdict(loss_config),
                   "learning_rate": preset.learning_rate, "data": data_description or {}}
     trainer = Trainer(run_dir, {"autoencoder": autoencoder, "loss": objective}, optimizers, loss_fn,

@@ -20,8 +20,6 @@ instant. Unreadable files are skipped and counted, never fatal.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import re
 import time
 from collections import Counter
@@ -30,10 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from tqdm import tqdm
 
+from minildm import checkpoint as ckpt
 from minildm import images as imgs
 from minildm import sources, toyfaces
 from minildm.config import data_dir
@@ -264,41 +261,29 @@ def _folder_stamp(path: Path) -> list[str]:
 
 
 def _write_cache(data: ImageDataset, path: Path) -> None:
-    """Save atomically: write a temporary file, then rename it over the old one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {"pixels": data.pixels.contiguous()}
+    """Save atomically (:func:`minildm.checkpoint.save_atomic`): a crash never damages the old copy."""
+    tensors = {"pixels": data.pixels}
     if data.attributes is not None:
         tensors["attributes"] = data.attributes.to(torch.uint8)
     if data.labels is not None:
         tensors["labels"] = data.labels
-    metadata = {
-        "attribute_names": json.dumps(data.attribute_names),
-        "captions": json.dumps(data.captions),
-        "info": json.dumps(data.info),
-    }
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file(tensors, str(temporary), metadata=metadata)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    metadata = {"attribute_names": data.attribute_names, "captions": data.captions, "info": data.info}
+    ckpt.save_atomic(tensors, path, metadata)
 
 
 def _read_cache(path: Path) -> ImageDataset | None:
     """Load a cached copy, or None (with a warning) if the file is damaged."""
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata()
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        tensors, metadata = ckpt.load(path)
         data = ImageDataset(
             pixels=tensors["pixels"],
-            attribute_names=json.loads(metadata["attribute_names"]),
+            attribute_names=metadata["attribute_names"],
             attributes=tensors["attributes"].bool() if "attributes" in tensors else None,
             labels=tensors.get("labels"),
-            captions=json.loads(metadata["captions"]),
-            info=json.loads(metadata["info"]),
+            captions=metadata["captions"],
+            info=metadata["info"],
         )
-    except (SafetensorError, OSError, KeyError, ValueError) as error:
+    except (ckpt.CheckpointError, KeyError) as error:
         print(f"warning: ignoring damaged cache file {path} ({type(error).__name__}); preparing again")
         return None
     data.info["cache"] = str(path)

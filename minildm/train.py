@@ -102,6 +102,7 @@ class Trainer:
         self.ema_of = ema_of if config.ema_decay else None
         self.ema = EMA(modules[ema_of], config.ema_decay) if self.ema_of else None
         self.step = 0
+        self.saved_step: int | None = None  # step of the checkpoint on disk, if any
         self.history: list[dict[str, float]] = []
         self._stop_requested = False
 
@@ -194,13 +195,10 @@ class Trainer:
     def _check_finite(self, losses: dict[str, torch.Tensor]) -> None:
         for name, loss in losses.items():
             if not torch.isfinite(loss).all():
-                last = (f"the last good checkpoint is {self.checkpoint_path} (step "
-                        f"{self._saved_step()})" if self.checkpoint_path.exists() else "no checkpoint was saved yet")
+                last = (f"the last good checkpoint is {self.checkpoint_path} (step {self.saved_step})"
+                        if self.saved_step is not None else "no checkpoint was saved yet")
                 raise TrainingError(f"the {name} loss became {loss.item()} at step {self.step}; {last}. "
                                     "Lower the learning rate or check the data")
-
-    def _saved_step(self) -> int:
-        return ckpt.load(self.checkpoint_path)[1]["step"]
 
     def save_checkpoint(self) -> Path:
         """Everything needed to resume exactly, in one file, plus the weights to sample with."""
@@ -219,6 +217,7 @@ class Trainer:
         metadata = {"step": self.step, "optimizers": optimizer_rest, "history": self.history,
                     "train_config": asdict(self.config)}
         ckpt.save_atomic(tensors, self.checkpoint_path, metadata)
+        self.saved_step = self.step
         self.export_weights()
         return self.checkpoint_path
 
@@ -243,6 +242,7 @@ class Trainer:
         if "rng.cuda" in tensors and torch.cuda.is_available():
             torch.cuda.set_rng_state(tensors["rng.cuda"])
         self.step, self.history = metadata["step"], metadata["history"]
+        self.saved_step = self.step
 
     def _write_run_config(self) -> None:
         path = self.run_dir / "config.json"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from minildm import data, sources, toyfaces
+from minildm import checkpoint, data, sources, toyfaces
 from minildm.config import celeba_dir
 from minildm.data import DataError, load_images
 
@@ -181,7 +181,7 @@ def test_crash_while_saving_leaves_the_previous_cache(cache, monkeypatch):
         Path(filename).write_bytes(b"half a file")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data, "save_file", crash)
+    monkeypatch.setattr(checkpoint, "save_file", crash)
     with pytest.raises(KeyboardInterrupt):
         load_images("toyfaces", 32, 8, cache_dir=cache, refresh=True, progress=False)
     assert file_hash(path) == before and list(cache.iterdir()) == [path]
