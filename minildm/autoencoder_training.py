@@ -76,14 +76,14 @@ def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, config: Autoenc
         return torch.cat([shown, reconstruction.clamp(-1, 1)])  # top row: input, bottom: output
 
     steps = steps or preset.steps
-    train_config = TrainConfig(steps=steps, batch_size=preset.batch_size, seed=seed,
+    train_config = TrainConfig(steps=steps, batch_size=preset.batch_size, seed=seed, cosine_decay=True,
                                checkpoint_every=max(1, steps // 5), figure_every=max(1, steps // 5))
     run_config = {"stage": "autoencoder", "autoencoder": config.to_dict(), "loss": asdict(loss_config),
                   "learning_rate": preset.learning_rate, "data": data_description or {}}
     trainer = Trainer(run_dir, {"autoencoder": autoencoder, "loss": objective}, optimizers, loss_fn,
                       {"pixels": pixels}, train_config, run_config, figure_fn=figure_fn, progress=progress)
     trainer.fit()
-    if config.reg == "kl":
+    if config.reg == "kl" and autoencoder.scale_factor.item() == 1.0:  # not yet measured (a finished run has it)
         autoencoder.scale_factor.fill_(measure_scale_factor(autoencoder, uint8_to_float(pixels[:2048]).to(device)))
         trainer.save_checkpoint()
     autoencoder.eval()

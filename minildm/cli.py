@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from minildm import autoencoder_training, data, losses, viz
+from minildm import autoencoder_training, data, ldm, losses, unet, viz
 from minildm.config import MinildmError, Profile, get_profile
 
 
@@ -49,10 +49,28 @@ def build_parser() -> argparse.ArgumentParser:
     train_ae.add_argument("--steps", type=int, help="training steps (default: the profile's)")
     train_ae.add_argument("--out", type=Path, required=True, help="run folder (resumed if it exists)")
 
+    train_ldm = _command(commands, "train-ldm", "train the latent diffusion model (stage 2)", run_train_ldm)
+    train_ldm.add_argument("--ae", type=Path, required=True, help="the autoencoder run folder (stage 1)")
+    train_ldm.add_argument("--cond", default="none", choices=["none"], help="conditioning (none: unconditional)")
+    train_ldm.add_argument("--n", type=int, help="training images (default: those the autoencoder saw)")
+    train_ldm.add_argument("--steps", type=int, help="training steps (default: the profile's)")
+    train_ldm.add_argument("--out", type=Path, required=True, help="run folder (resumed if it exists)")
+
+    sample = _command(commands, "sample", "draw images from a trained model into a PNG grid", run_sample)
+    sample.add_argument("--ldm", type=Path, required=True, help="a latent diffusion run folder")
+    sample.add_argument("--n", type=int, default=64, help="number of images (default 64)")
+    sample.add_argument("--sampler", default="ddim", choices=list(ldm.SAMPLERS), help="default ddim")
+    sample.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50; DDPM uses all)")
+    sample.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 like DDPM")
+    sample.add_argument("--out", type=Path, required=True, help="PNG file for the grid")
+
     evaluate = _command(commands, "evaluate", "print one JSON object of metrics on held-out images",
                         run_evaluate)
-    evaluate.add_argument("--ae", type=Path, required=True, help="an autoencoder run folder")
-    evaluate.add_argument("--n", type=int, help="held-out images (default: the profile's)")
+    target = evaluate.add_mutually_exclusive_group(required=True)
+    target.add_argument("--ae", type=Path, help="an autoencoder run folder")
+    target.add_argument("--ldm", type=Path, help="a latent diffusion run folder")
+    evaluate.add_argument("--n", type=int, help="held-out images, and as many samples for an LDM "
+                          "(default: the profile's)")
 
     demo = _command(commands, "demo", "the embedded default end to end (toy faces)", run_demo)
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the results")
@@ -121,20 +139,102 @@ def run_train_ae(args: argparse.Namespace, profile: Profile) -> None:
           f"scale factor {autoencoder.scale_factor.item():.4f}; run folder {args.out}")
 
 
+def run_train_ldm(args: argparse.Namespace, profile: Profile) -> None:
+    autoencoder_training.load_autoencoder(args.ae)  # a clear error now rather than after loading data
+    seen = _training_data(args.ae)
+    train = data.load_images(seen["dataset"], seen["resolution"], args.n or seen["n"], start=seen["start"],
+                             split=seen["split"], seed=seen["seed"])
+    print(data.describe(train).splitlines()[0])
+    description = {**seen, "n": len(train)}
+    started = time.perf_counter()
+    model = ldm.train_ldm(args.out, args.ae, train.pixels, profile, steps=args.steps, seed=args.seed,
+                          data_description=description)
+    minutes = (time.perf_counter() - started) / 60
+    latent_shape = model.latent_shape(train.resolution)
+    print(f"trained in {minutes:.1f} min; UNet {unet.parameter_count(model.unet) / 1e6:.2f} M parameters, "
+          f"{unet.forward_flops(model.unet, latent_shape) / 1e6:.0f} MFLOPs per forward pass on latents "
+          f"{latent_shape}; run folder {args.out}")
+
+
+def run_sample(args: argparse.Namespace, profile: Profile) -> None:
+    if args.n < 1:
+        raise MinildmError(f"--n must be at least 1, got {args.n}")
+    if args.out.suffix.lower() != ".png":
+        raise MinildmError(f"--out must name a .png file, got {args.out}")
+    model = ldm.load_ldm(args.ldm, profile.device)
+    resolution = _training_data(args.ldm)["resolution"]
+    generator = torch.Generator().manual_seed(args.seed)
+    started = time.perf_counter()
+    try:
+        images = model.sample(args.n, resolution, args.sampler, args.steps, args.eta, generator=generator,
+                              progress=True)
+    except ValueError as error:
+        raise MinildmError(str(error)) from None
+    seconds = time.perf_counter() - started
+    print(f"{args.n} samples in {seconds:.1f} s ({args.sampler}, "
+          f"{args.steps if args.sampler == 'ddim' else model.diffusion.timesteps} steps): "
+          f"{viz.save_grid(images, args.out, scale=2)}")
+
+
 def run_evaluate(args: argparse.Namespace, profile: Profile) -> None:
-    autoencoder = autoencoder_training.load_autoencoder(args.ae, profile.device)
-    seen = json.loads((args.ae / "config.json").read_text())["data"]
-    held_out = data.load_images(seen["dataset"], seen["resolution"], args.n or profile.n_holdout,
+    if args.ae:  # loading first: a wrong folder gets the model's own message
+        autoencoder = autoencoder_training.load_autoencoder(args.ae, profile.device)
+    else:
+        model = ldm.load_ldm(args.ldm, profile.device)
+    seen = _training_data(args.ae or args.ldm)
+    default_n = profile.n_holdout if args.ae else profile.diffusion.fid_images
+    held_out = data.load_images(seen["dataset"], seen["resolution"], args.n or default_n,
                                 start=seen["start"] + seen["n"], split=seen["split"], seed=seen["seed"])
-    results = autoencoder_training.evaluate_autoencoder(autoencoder, held_out.pixels)
+    if args.ae:
+        results = autoencoder_training.evaluate_autoencoder(autoencoder, held_out.pixels)
+    else:
+        results = ldm.evaluate_ldm(model, held_out.pixels, generator=torch.Generator().manual_seed(args.seed))
     results["data"] = (f"{len(held_out)} held-out images of {seen['dataset']} from index "
                        f"{seen['start'] + seen['n']}, center crop, bicubic resize to {seen['resolution']} px")
     print(json.dumps(results))
 
 
+def _training_data(run_dir: Path) -> dict:
+    """What a run folder was trained on, from its ``config.json``."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise MinildmError(f"{run_dir} is not a run folder (no config.json)")
+    return json.loads(path.read_text())["data"]
+
+
 def run_demo(args: argparse.Namespace, profile: Profile) -> None:
-    print(f"minildm demo, profile {profile.name!r} on {profile.device}")
-    prepared = data.load_images("toyfaces", profile.resolution, profile.n_images, seed=args.seed)
-    print(data.describe(prepared))
-    grid = viz.save_grid(prepared.images()[:64], args.out / "data.png", scale=2)
-    print(f"a grid of training images: {grid}")
+    """Toy faces -> autoencoder -> latent diffusion -> a grid of samples and a metrics file."""
+    started = time.perf_counter()
+    print(f"minildm demo, profile {profile.name!r} on {profile.device}; results in {args.out}")
+    train = data.load_images("toyfaces", profile.resolution, profile.n_images, seed=args.seed)
+    held_out = data.load_images("toyfaces", profile.resolution, profile.n_holdout, start=profile.n_images,
+                                seed=args.seed)
+    print(data.describe(train).splitlines()[0])
+    viz.save_grid(train.images()[:64], args.out / "data.png", scale=2)
+    description = {"dataset": "toyfaces", "resolution": profile.resolution, "start": 0, "n": len(train),
+                   "split": "train", "seed": args.seed}
+
+    print("stage 1: the autoencoder (L1 and KL only, no perceptual loss, to stay fast)")
+    config = autoencoder_training.autoencoder_config(profile, factor=4, reg="kl")
+    autoencoder = autoencoder_training.train_autoencoder(
+        args.out / "autoencoder", train.pixels, config, profile, steps=profile.diffusion.demo_autoencoder_steps,
+        seed=args.seed, data_description=description)
+    metrics = {"autoencoder": autoencoder_training.evaluate_autoencoder(autoencoder, held_out.pixels)}
+    print(f"autoencoder: {metrics['autoencoder']['psnr']:.1f} dB PSNR on {len(held_out)} held-out faces")
+
+    print("stage 2: the latent diffusion model")
+    model = ldm.train_ldm(args.out / "ldm", args.out / "autoencoder", train.pixels, profile, seed=args.seed,
+                          data_description=description)
+    generator = torch.Generator().manual_seed(args.seed)
+    grid = viz.save_grid(model.sample(64, profile.resolution, generator=generator), args.out / "samples.png",
+                         scale=2)
+    print(f"64 samples (DDIM, 50 steps): {grid}")
+    try:
+        metrics["ldm"] = ldm.evaluate_ldm(model, held_out.pixels[:profile.diffusion.fid_images // 3],
+                                          generator=generator)
+    except MinildmError as error:  # no Inception network: the samples are still there
+        metrics["ldm"] = {"skipped": str(error)}
+    metrics["minutes"] = round((time.perf_counter() - started) / 60, 2)
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(json.dumps(metrics["ldm"]))
+    print(f"done in {metrics['minutes']:.1f} min; metrics: {args.out / 'metrics.json'}")

@@ -52,6 +52,37 @@ class AutoencoderPreset:
 
 
 @dataclass(frozen=True)
+class DiffusionPreset:
+    """How big a UNet each profile trains in latent space, and for how long (stage 2).
+
+    Attributes:
+        base_channels, channel_mult, res_blocks, attention_levels: the UNet
+            (:class:`minildm.unet.UNetConfig`; the paper's CelebA-HQ model: 224, (1, 2, 3, 4),
+            2, attention at 32, 16 and 8 px).
+        steps, batch_size, learning_rate: the optimisation (AdamW, warm-up then cosine decay).
+        ema_decay: decay of the weights' moving average used for sampling (the paper: 0.9999).
+        prediction: what the UNet predicts: ``eps`` (the paper) or ``v``. Short CPU runs use
+            ``v``: an eps-model's estimate of the clean latent at the noisiest steps multiplies
+            its error by 1/sqrt(abar) (about 80), and DDIM then drifts off the data.
+        demo_autoencoder_steps: autoencoder steps in ``minildm demo`` (shorter than stage 1's).
+        fid_images: samples and held-out images for FID/KID in ``evaluate`` and the notebooks
+            (the demo uses a third); the Inception network scores ~3 images/s on a 2-core CPU.
+    """
+
+    base_channels: int
+    channel_mult: tuple[int, ...]
+    res_blocks: int
+    attention_levels: tuple[int, ...]
+    steps: int
+    batch_size: int
+    learning_rate: float
+    ema_decay: float
+    prediction: str
+    demo_autoencoder_steps: int
+    fid_images: int
+
+
+@dataclass(frozen=True)
 class Profile:
     """Sizes for one kind of machine.
 
@@ -63,6 +94,7 @@ class Profile:
         n_holdout: how many held-out images to prepare for evaluation.
         device: ``cuda`` or ``cpu``.
         autoencoder: the autoencoder's size and training (stage 1).
+        diffusion: the UNet's size and training (stage 2).
     """
 
     name: str
@@ -72,15 +104,20 @@ class Profile:
     n_holdout: int
     device: str
     autoencoder: AutoencoderPreset
+    diffusion: DiffusionPreset
 
 
 PROFILES: dict[str, Profile] = {
     "tiny": Profile("tiny", "toyfaces", 32, 512, 128, "cpu",
-                    autoencoder=AutoencoderPreset(16, 1, False, 20, 8, 2e-3, 10, 64)),
+                    autoencoder=AutoencoderPreset(16, 1, False, 20, 8, 2e-3, 10, 64),
+                    diffusion=DiffusionPreset(32, (1, 2), 1, (1,), 30, 16, 1e-3, 0.9, "v", 20, 16)),
     "cpu": Profile("cpu", "toyfaces", 32, 10_000, 1_000, "cpu",
-                   autoencoder=AutoencoderPreset(16, 1, False, 1600, 16, 2e-3, 10**9, 512)),
+                   autoencoder=AutoencoderPreset(16, 1, False, 1600, 16, 2e-3, 10**9, 512),
+                   diffusion=DiffusionPreset(32, (1, 2, 2), 1, (2,), 700, 128, 1e-3, 0.999, "v", 700, 200)),
     "gpu": Profile("gpu", "toyfaces", 64, 30_000, 2_000, "cuda",
-                   autoencoder=AutoencoderPreset(128, 2, True, 50_000, 16, 4.5e-5, 25_000, 8192)),
+                   autoencoder=AutoencoderPreset(128, 2, True, 50_000, 16, 4.5e-5, 25_000, 8192),
+                   diffusion=DiffusionPreset(128, (1, 2, 3, 4), 2, (1, 2, 3), 100_000, 64, 1e-4, 0.9999,
+                                             "eps", 20_000, 2000)),
 }
 
 

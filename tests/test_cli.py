@@ -1,5 +1,6 @@
 """The command line: summaries, figures, and one clear line on bad input."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,10 +9,10 @@ import pytest
 from PIL import Image
 
 
-def run_minildm(*args, tmp_path, **env):
+def run_minildm(*args, tmp_path, timeout=120, **env):
     environment = {**os.environ, "MINILDM_DATA_DIR": str(tmp_path / "data"), **env}
     return subprocess.run([sys.executable, "-m", "minildm", *args], capture_output=True,
-                          text=True, env=environment, timeout=120)
+                          text=True, env=environment, timeout=timeout)
 
 
 def test_data_command_prints_a_summary_and_writes_a_grid(tmp_path):
@@ -47,8 +48,45 @@ def test_unknown_profile_is_refused_by_the_parser(tmp_path):
     assert result.returncode == 2 and "invalid choice: 'huge'" in result.stderr
 
 
-def test_demo_shows_the_data(tmp_path):
-    result = run_minildm("demo", "--profile", "tiny", "--out", str(tmp_path / "demo"), tmp_path=tmp_path)
+def test_demo_trains_both_stages_and_writes_samples_and_metrics(tmp_path):
+    out = tmp_path / "demo"
+    result = run_minildm("demo", "--profile", "tiny", "--out", str(out), tmp_path=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr
-    assert "profile 'tiny'" in result.stdout
-    assert Image.open(tmp_path / "demo" / "data.png").size[0] > 0
+    assert "profile 'tiny'" in result.stdout and "done in" in result.stdout
+    assert Image.open(out / "samples.png").size == (2 * 8 * 34, 2 * 8 * 34)  # 8 x 8 samples of 32 + 2 px
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["autoencoder"]["n_images"] == 128 and metrics["autoencoder"]["psnr"] > 10
+    assert metrics["ldm"]["fid"] > 0 and metrics["ldm"]["n_samples"] == 5
+    assert {"config.json", "weights.safetensors"} <= {p.name for p in (out / "ldm").iterdir()}
+
+
+def test_train_ldm_sample_and_evaluate_from_the_command_line(tmp_path):
+    ae, ldm = tmp_path / "ae", tmp_path / "ldm"
+    common = ("--profile", "tiny")
+    result = run_minildm("train-ae", *common, "--n", "48", "--steps", "4", "--out", str(ae), tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    result = run_minildm("train-ldm", *common, "--ae", str(ae), "--steps", "3", "--out", str(ldm), tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "trained in" in result.stdout and "MFLOPs per forward pass on latents (4, 8, 8)" in result.stdout
+
+    grid = tmp_path / "samples.png"
+    result = run_minildm("sample", *common, "--ldm", str(ldm), "--n", "3", "--steps", "2", "--out", str(grid),
+                         tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert Image.open(grid).size == (2 * 8 * 34, 2 * 34)  # one row of 8 tiles, 3 filled
+
+    result = run_minildm("evaluate", *common, "--ldm", str(ldm), "--n", "8", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["n_samples"] == 8 and "held-out images of toyfaces" in metrics["data"]
+
+    for args, message in [
+        (("sample", "--ldm", str(ae), "--out", str(grid)), "not a latent diffusion model"),
+        (("sample", "--ldm", str(tmp_path / "none"), "--out", str(grid)), "no config.json"),
+        (("sample", "--ldm", str(ldm), "--out", str(tmp_path / "grid.jpg")), "must name a .png file"),
+        (("sample", "--ldm", str(ldm), "--steps", "5000", "--out", str(grid)), "steps must be between 1 and 1000"),
+        (("train-ldm", "--ae", str(ldm), "--out", str(tmp_path / "x")), "not an autoencoder"),
+    ]:
+        result = run_minildm(*args, *common, tmp_path=tmp_path)
+        assert result.returncode == 1 and result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
+        assert message in result.stderr

@@ -1,9 +1,13 @@
-"""PSNR and SSIM against independent computations."""
+"""PSNR, SSIM, FID and KID against independent computations."""
 
 import math
 
+import numpy as np
+import pytest
 import torch
 
+from minildm import metrics
+from minildm.config import MinildmError
 from minildm.metrics import gaussian_window, psnr, ssim
 
 
@@ -49,3 +53,65 @@ def test_ssim_properties():
     assert torch.allclose(ssim(x, noisy), ssim(noisy, x), atol=1e-6)
     assert (ssim(x, noisy) < 0.9).all()
     assert math.isclose(gaussian_window().sum().item(), 1.0, rel_tol=1e-6)
+
+
+def test_frechet_distance_matches_the_closed_form_for_diagonal_covariances():
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(20_000, 3, generator=generator) * torch.tensor([1.0, 2.0, 0.5]) + torch.tensor([0.0, 1.0, 0.0])
+    b = torch.randn(20_000, 3, generator=generator) * torch.tensor([1.5, 1.0, 0.5])
+    # ||mu_a - mu_b||^2 + sum (s_a + s_b - 2 sqrt(s_a s_b)) with variances s, estimated from the samples
+    var_a, var_b = a.double().var(0), b.double().var(0)
+    expected = (a.double().mean(0) - b.double().mean(0)).square().sum() + (var_a + var_b - 2 * (var_a * var_b).sqrt()).sum()
+    covariance_terms = torch.cov(a.double().T) - torch.diag(var_a), torch.cov(b.double().T) - torch.diag(var_b)
+    assert all(term.abs().max() < 0.05 for term in covariance_terms)  # nearly diagonal
+    assert metrics.frechet_distance(a, b) == pytest.approx(expected.item(), rel=0.02)
+
+
+def test_frechet_distance_matches_the_matrix_square_root_by_eigendecomposition():
+    generator = torch.Generator().manual_seed(1)
+    a = torch.randn(500, 6, generator=generator) @ torch.randn(6, 6, generator=generator)
+    b = torch.randn(400, 6, generator=generator) @ torch.randn(6, 6, generator=generator) + 0.3
+    cov_a, cov_b = np.cov(a.double().numpy().T), np.cov(b.double().numpy().T)
+    eigenvalues = np.linalg.eigvals(cov_a @ cov_b)  # Tr sqrt(A B) = sum of sqrt of eig(A B), all >= 0
+    trace_root = np.sqrt(np.clip(eigenvalues.real, 0, None)).sum()
+    mean_term = ((a.double().mean(0) - b.double().mean(0)) ** 2).sum().item()
+    expected = mean_term + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root
+    assert metrics.frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+    assert metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kernel_distance_is_the_unbiased_mmd_with_the_cubic_kernel():
+    generator = torch.Generator().manual_seed(2)
+    a, b = torch.randn(30, 4, generator=generator), torch.randn(30, 4, generator=generator) + 0.5
+
+    def kernel(x, y):
+        return (float(x @ y) / 4 + 1) ** 3
+
+    n = len(a)
+    within = sum(kernel(a[i], a[j]) + kernel(b[i], b[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    across = sum(kernel(a[i], b[j]) for i in range(n) for j in range(n)) / n ** 2
+    mean, std = metrics.kernel_distance(a, b, subsets=3, subset_size=30)  # whole sets: every subset is the same
+    assert mean == pytest.approx(within - 2 * across, rel=1e-6) and std == pytest.approx(0.0, abs=1e-9)
+
+    same, _ = metrics.kernel_distance(torch.randn(400, 4, generator=generator), torch.randn(400, 4, generator=generator),
+                                      subsets=20, subset_size=200)
+    shifted, _ = metrics.kernel_distance(torch.randn(400, 4, generator=generator),
+                                         torch.randn(400, 4, generator=generator) + 0.5, subsets=20, subset_size=200)
+    assert abs(same) < 0.01 < shifted
+
+
+def test_inception_features_are_the_standard_2048_d_pool_features():
+    try:
+        features = metrics.InceptionFeatures()
+    except MinildmError as error:
+        pytest.fail(f"the dev install provides the FID Inception network: {error}")
+    pixels = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    values = features(pixels)
+    assert values.shape == (4, 2048) and (values >= 0).all()  # pool of ReLU outputs
+    assert torch.allclose(features(pixels[:2]), values[:2], atol=1e-4)
+
+
+def test_missing_inception_weights_give_one_line(monkeypatch, tmp_path):
+    monkeypatch.setenv(metrics.INCEPTION_ENV, str(tmp_path / "none.pt"))
+    with pytest.raises(MinildmError, match="MINILDM_INCEPTION_WEIGHTS names .* which is not a file"):
+        metrics.InceptionFeatures()

@@ -1,5 +1,6 @@
 """The training loop: exact resume, Ctrl-C, atomic checkpoints, NaN, EMA, accumulation."""
 
+import math
 import os
 import signal
 
@@ -115,8 +116,9 @@ def test_ema_follows_its_formula_and_is_exported(tmp_path):
     trainer = make_trainer(tmp_path / "run", steps=1, ema_decay=0.9)
     start = trainer.ema.module[0].weight.clone()
     trainer.fit()
-    expected = 0.9 * start + 0.1 * trainer.modules["model"][0].weight
+    expected = 0.1 * start + 0.9 * trainer.modules["model"][0].weight  # decay warms up: 1/10 at step 0
     assert torch.allclose(trainer.ema.module[0].weight, expected)
+    assert [trainer.ema.decay_at(step) for step in (0, 5, 80, 10_000)] == [0.1, 6 / 15, 0.9, 0.9]
     assert not any(p.requires_grad for p in trainer.ema.module.parameters())
     exported, _ = ckpt.load(trainer.run_dir / "weights.safetensors")
     assert torch.equal(exported["model.0.weight"], trainer.ema.module[0].weight)
@@ -164,5 +166,20 @@ def test_ema_handles_integer_buffers():
     module = nn.BatchNorm1d(2)
     ema = EMA(module, 0.5)
     module.num_batches_tracked += 3
-    ema.update(module)
+    ema.update(module, step=100)
     assert ema.module.num_batches_tracked.item() == 3
+
+
+def test_learning_rate_warms_up_then_follows_a_half_cosine(tmp_path):
+    config = TrainConfig(steps=100, batch_size=4, warmup_steps=10, cosine_decay=True)
+    assert config.learning_rate_scale(0) == pytest.approx(0.1 * 1.0)
+    assert config.learning_rate_scale(4) == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi * 0.04)))
+    assert config.learning_rate_scale(50) == pytest.approx(0.5)
+    assert config.learning_rate_scale(99) < 0.001
+    assert TrainConfig(steps=100, batch_size=4).learning_rate_scale(99) == 1.0
+
+    trainer = make_trainer(tmp_path / "run", steps=3, ema_decay=None)
+    trainer.config.warmup_steps = 4
+    trainer.fit()
+    group = trainer.optimizers["model"].param_groups[0]
+    assert group["lr"] == pytest.approx(1e-2 * 3 / 4) and group["initial_lr"] == 1e-2

@@ -1,0 +1,253 @@
+"""Gaussian diffusion: the forward noising process, the training loss and two samplers.
+
+The forward process adds noise in ``T`` small steps, ``q(x_t | x_{t-1}) = N(sqrt(1 - beta_t)
+x_{t-1}, beta_t I)``. Its marginal has a closed form (DDPM, Ho et al. 2020, eq. 4)::
+
+    q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I),   abar_t = prod_{s <= t} (1 - beta_s)
+
+so training draws ``t`` and ``eps`` and asks a network to undo the noise in one shot
+(DDPM eq. 14; LDM, Rombach et al. 2022, eq. 1 in pixels and eq. 2 in the autoencoder's latent space). Sampling runs the
+learned reverse chain: DDPM's ancestral sampler (eq. 11, with the posterior of eq. 7) over all
+``T`` steps, or DDIM (Song et al. 2021, eq. 12) over any subsequence of them.
+
+Time steps are 0-based: ``t = 0`` is the first noising step, ``t = T - 1`` the last.
+
+The network's output can be read three ways (``prediction``): the noise ``eps`` (DDPM, LDM),
+the clean sample ``x0``, or the velocity ``v = sqrt(abar) eps - sqrt(1 - abar) x0`` (Salimans
+& Ho 2022). Samplers only need the pair (x0, eps) that each of them implies.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+# denoise(x_t, t) -> the network's output for noisy x_t (B, C, H, W) at time steps t (B,)
+Denoiser = Callable[[Tensor, Tensor], Tensor]
+
+SCHEDULES = ("linear", "cosine")
+PREDICTIONS = ("eps", "x0", "v")
+
+
+def make_betas(schedule: str = "linear", timesteps: int = 1000, beta_start: float = 0.0015,
+               beta_end: float = 0.0195) -> Tensor:
+    """The noise added at each step, float64 of shape (T,).
+
+    - ``linear``: the LDM schedule, linear in sqrt(beta) from ``beta_start`` to ``beta_end``
+      (the paper's CelebA-HQ config: 0.0015 to 0.0195, T = 1000).
+    - ``cosine``: abar_t = cos^2((t/T + s) / (1 + s) * pi/2), s = 0.008 (Nichol & Dhariwal 2021),
+      betas clipped at 0.999.
+    """
+    if schedule == "linear":
+        return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, timesteps, dtype=torch.float64) ** 2
+    if schedule == "cosine":
+        s = 0.008
+        steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
+        alpha_bar = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
+        return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
+    raise ValueError(f"unknown schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
+
+
+@dataclass
+class Trajectory:
+    """What a sampler passed through, for plots: ``states[i]`` is x at ``timesteps[i]``
+    (the last state is the result), ``predictions[i]`` the x0 the network saw in it."""
+
+    timesteps: list[int]
+    states: list[Tensor]
+    predictions: list[Tensor]
+
+
+class Diffusion:
+    """A noise schedule with everything derived from it, the loss and the samplers.
+
+    Args:
+        schedule, timesteps, beta_start, beta_end: see :func:`make_betas`.
+        prediction: what the network predicts: ``eps``, ``x0`` or ``v``.
+        min_snr_gamma: if set, weight the loss by the min-SNR-gamma rule (Hang et al. 2023),
+            which stops the easy low-noise steps from dominating training.
+    """
+
+    def __init__(self, schedule: str = "linear", timesteps: int = 1000, beta_start: float = 0.0015,
+                 beta_end: float = 0.0195, prediction: str = "eps", min_snr_gamma: float | None = None):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}: choose one of {', '.join(PREDICTIONS)}")
+        self.prediction, self.min_snr_gamma = prediction, min_snr_gamma
+        self.timesteps = timesteps
+        # float64 tables of shape (T,); read with at() in the samples' dtype
+        self.betas = make_betas(schedule, timesteps, beta_start, beta_end)
+        self.alphas = 1 - self.betas
+        self.alpha_bars = torch.cumprod(self.alphas, dim=0)
+        self.alpha_bars_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bars[:-1]])
+        self.snr = self.alpha_bars / (1 - self.alpha_bars)
+        # posterior q(x_{t-1} | x_t, x_0) = N(coef_x0 x_0 + coef_xt x_t, variance) (DDPM eq. 7)
+        self.posterior_variance = self.betas * (1 - self.alpha_bars_prev) / (1 - self.alpha_bars)
+        self.posterior_coef_x0 = self.betas * self.alpha_bars_prev.sqrt() / (1 - self.alpha_bars)
+        self.posterior_coef_xt = (1 - self.alpha_bars_prev) * self.alphas.sqrt() / (1 - self.alpha_bars)
+
+    @staticmethod
+    def at(table: Tensor, t: Tensor, like: Tensor) -> Tensor:
+        """``table[t]`` shaped (B, 1, 1, 1) to broadcast over samples like ``like``."""
+        values = table[t.cpu()].to(device=like.device, dtype=like.dtype)  # float64 stays on the CPU
+        return values.reshape(-1, *([1] * (like.dim() - 1)))
+
+    # forward process
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, a sample of q(x_t | x0) (DDPM eq. 4)."""
+        alpha_bar = self.at(self.alpha_bars, t, x0)
+        return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
+
+    def q_posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and variance of q(x_{t-1} | x_t, x0) (DDPM eqs. 6-7)."""
+        mean = self.at(self.posterior_coef_x0, t, x_t) * x0 + self.at(self.posterior_coef_xt, t, x_t) * x_t
+        return mean, self.at(self.posterior_variance, t, x_t)
+
+    # what the network predicts
+    def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """The regression target for ``prediction``: eps, x0 or v."""
+        if self.prediction == "eps":
+            return noise
+        if self.prediction == "x0":
+            return x0
+        alpha_bar = self.at(self.alpha_bars, t, x0)
+        return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
+
+    def split_prediction(self, output: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """The (x0, eps) pair a network output implies, given x_t = sqrt(abar) x0 + sqrt(1-abar) eps."""
+        alpha_bar = self.at(self.alpha_bars, t, x_t)
+        signal, noise_level = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+        if self.prediction == "eps":
+            return (x_t - noise_level * output) / signal, output
+        if self.prediction == "x0":
+            return output, (x_t - signal * output) / noise_level
+        return signal * x_t - noise_level * output, noise_level * x_t + signal * output
+
+    def loss(self, denoise: Denoiser, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """LDM eqs. 1-2: E_{x0, eps, t} ||target - network(x_t, t)||^2, t uniform over the T steps.
+
+        With ``min_snr_gamma``, each sample's error is weighted by min(SNR_t, gamma) / SNR_t
+        (for eps; x0: min(SNR_t, gamma); v: min(SNR_t, gamma) / (SNR_t + 1)).
+        """
+        t = torch.randint(0, self.timesteps, (len(x0),), generator=generator).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        output = denoise(self.q_sample(x0, t, noise), t)
+        errors = (output.float() - self.target(x0, noise, t)).pow(2).mean(dim=(1, 2, 3))  # (B,)
+        return (errors * self.loss_weights(t).to(errors.device)).mean()
+
+    def loss_weights(self, t: Tensor) -> Tensor:
+        """Per-sample loss weights (B,): ones, or the min-SNR-gamma weights."""
+        if self.min_snr_gamma is None:
+            return torch.ones(len(t))
+        snr = self.snr[t.cpu()]
+        clipped = snr.clamp(max=self.min_snr_gamma)
+        denominator = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + 1}[self.prediction]
+        return (clipped / denominator).float()
+
+    # samplers
+    @torch.no_grad()
+    def ddpm_sample(self, denoise: Denoiser, x_T: Tensor, generator: torch.Generator | None = None,
+                    clip: float | None = None, return_trajectory: bool = False,
+                    progress: bool = False) -> Tensor | tuple[Tensor, Trajectory]:
+        """Ancestral sampling over all T steps (DDPM eq. 11, Algorithm 2):
+        x_{t-1} = posterior mean(x0_hat, x_t) + sigma_t z with sigma_t^2 the posterior variance
+        (the "fixed small" choice the LDM code uses), no noise at the last step.
+
+        Args:
+            x_T: the starting noise, (B, C, H, W).
+            generator: for the noise added along the way.
+            clip: clamp the predicted x0 to [-clip, clip] (useful in pixel space, where images
+                live in [-1, 1]; latents have no fixed range).
+        """
+        x = x_T
+        trajectory = Trajectory([], [x], [])
+        for step in tqdm(range(self.timesteps - 1, -1, -1), desc="DDPM", disable=not progress):
+            t = torch.full((len(x),), step, dtype=torch.long, device=x.device)
+            x0, _ = self._predict(denoise, x, t, clip)
+            mean, variance = self.q_posterior(x0, x, t)
+            noise = torch.randn(x.shape, generator=generator).to(x) if step > 0 else torch.zeros_like(x)
+            x = mean + variance.sqrt() * noise
+            trajectory.timesteps.append(step)
+            trajectory.states.append(x)
+            trajectory.predictions.append(x0)
+        return (x, trajectory) if return_trajectory else x
+
+    def ddim_timesteps(self, steps: int) -> list[int]:
+        """``steps`` time steps spread evenly over [0, T-1], from the noisiest down."""
+        if not 1 <= steps <= self.timesteps:
+            raise ValueError(f"steps must be between 1 and {self.timesteps}, got {steps}")
+        return torch.linspace(self.timesteps - 1, 0, steps).round().long().tolist()
+
+    @torch.no_grad()
+    def ddim_sample(self, denoise: Denoiser, x_T: Tensor, steps: int = 50, eta: float = 0.0,
+                    generator: torch.Generator | None = None, clip: float | None = None,
+                    return_trajectory: bool = False, progress: bool = False) -> Tensor | tuple[Tensor, Trajectory]:
+        """DDIM (Song et al. 2021, eq. 12) over ``steps`` of the T steps:
+
+            x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps_hat + sigma z,
+            sigma = eta * sqrt((1 - abar_s) / (1 - abar_t)) * sqrt(1 - abar_t / abar_s)
+
+        where s is the next (less noisy) time step, abar = 1 after the last. ``eta = 0`` is
+        deterministic: the same x_T always gives the same sample; ``eta = 1`` with all T steps
+        is DDPM's ancestral sampler.
+        """
+        x = x_T
+        schedule = self.ddim_timesteps(steps)
+        trajectory = Trajectory([], [x], [])
+        for index, step in enumerate(tqdm(schedule, desc="DDIM", disable=not progress)):
+            t = torch.full((len(x),), step, dtype=torch.long, device=x.device)
+            x0, eps = self._predict(denoise, x, t, clip)
+            alpha_bar = self.alpha_bars[step].item()
+            alpha_bar_next = self.alpha_bars[schedule[index + 1]].item() if index + 1 < len(schedule) else 1.0
+            sigma = eta * math.sqrt((1 - alpha_bar_next) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_next))
+            x = math.sqrt(alpha_bar_next) * x0 + math.sqrt(1 - alpha_bar_next - sigma ** 2) * eps
+            if sigma > 0:
+                x = x + sigma * torch.randn(x.shape, generator=generator).to(x)
+            trajectory.timesteps.append(step)
+            trajectory.states.append(x)
+            trajectory.predictions.append(x0)
+        return (x, trajectory) if return_trajectory else x
+
+    @torch.no_grad()
+    def ddim_invert(self, denoise: Denoiser, x0: Tensor, steps: int = 50, progress: bool = False) -> Tensor:
+        """Run deterministic DDIM backwards, from a clean x0 to a noise x_T that DDIM with
+        ``eta = 0`` and the same ``steps`` maps back to (nearly) x0.
+
+        Going from level s up to level t needs eps(x_t, t), which is not known yet; it is
+        approximated by eps(x_s, t), exact in the limit of many steps.
+        """
+        x, alpha_bar_prev = x0, 1.0
+        for step in tqdm(self.ddim_timesteps(steps)[::-1], desc="DDIM inversion", disable=not progress):
+            t = torch.full((len(x),), step, dtype=torch.long, device=x.device)
+            eps = self.split_prediction(denoise(x, t).float(), x, t)[1]
+            x0_hat = (x - math.sqrt(1 - alpha_bar_prev) * eps) / math.sqrt(alpha_bar_prev)
+            alpha_bar_prev = self.alpha_bars[step].item()
+            x = math.sqrt(alpha_bar_prev) * x0_hat + math.sqrt(1 - alpha_bar_prev) * eps
+        return x
+
+    def _predict(self, denoise: Denoiser, x: Tensor, t: Tensor, clip: float | None) -> tuple[Tensor, Tensor]:
+        """(x0_hat, eps_hat) from the network; with ``clip``, x0 is clamped and eps recomputed."""
+        x0, eps = self.split_prediction(denoise(x, t).float(), x, t)
+        if clip is not None:
+            x0 = x0.clamp(-clip, clip)
+            alpha_bar = self.at(self.alpha_bars, t, x)
+            eps = (x - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
+        return x0, eps
+
+
+def slerp(a: Tensor, b: Tensor, weight: float) -> Tensor:
+    """Spherical interpolation between two noise tensors of the same shape (Shoemake 1985).
+
+    Gaussian noise lives near a sphere of radius sqrt(numel); a straight line between two
+    draws cuts inside it (the midpoint has about 0.71 of the norm), which DDIM decodes as a
+    washed-out image. Following the great circle keeps the norm: used for DDIM interpolation.
+    """
+    cosine = (a.flatten() @ b.flatten() / (a.norm() * b.norm())).clamp(-1, 1)
+    angle = torch.arccos(cosine)
+    if angle.abs() < 1e-6:
+        return torch.lerp(a, b, weight)
+    return (torch.sin((1 - weight) * angle) * a + torch.sin(weight * angle) * b) / torch.sin(angle)

@@ -1,0 +1,185 @@
+"""The time-conditional UNet that predicts the noise (LDM, Rombach et al. 2022, Sec. 3.2-3.3).
+
+The network ``eps_theta(z_t, t)`` of LDM eq. 2 is a UNet (Ronneberger et al. 2015) in the
+form DDPM and ADM (Dhariwal & Nichol 2021) gave it:
+
+- the time step ``t`` becomes a vector by a sinusoidal embedding (Vaswani et al. 2017) and an
+  MLP; every ResBlock scales and shifts its features by it (:class:`minildm.nn.ResBlock`);
+- a down path of levels, each ``res_blocks`` ResBlocks (plus self-attention at the levels in
+  ``attention_levels``) followed by a 2x downsampling; a middle block (ResBlock, attention,
+  ResBlock); an up path that mirrors it, each block taking the matching down-path features
+  through a skip connection (concatenated channels);
+- the output layer starts at zero, so the untrained network predicts zero noise.
+
+``forward`` takes an optional ``context`` (B, L, D), the token sequence of a conditioning
+encoder; the cross-attention that reads it is part of the conditioning stage.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from minildm.nn import Downsample, ResBlock, SelfAttention2d, Upsample, normalization, zero_module
+
+
+@dataclass
+class UNetConfig:
+    """Sizes of the UNet; ``to_dict`` / ``from_dict`` round-trip JSON.
+
+    Attributes:
+        in_channels, out_channels: channels of the latent (4 for a KL autoencoder, 3 for VQ).
+        base_channels: channels at the first level (the paper's CelebA-HQ model: 224).
+        channel_mult: channels of each level as multiples of ``base_channels``; one
+            downsampling between consecutive levels (the paper: 1, 2, 3, 4).
+        res_blocks: ResBlocks per level on the way down (the paper: 2); one more on the way up.
+        attention_levels: levels (0 = full latent resolution) with self-attention.
+        head_channels: channels per attention head (the paper: 32).
+        dropout: dropout inside the ResBlocks.
+        context_channels: size D of conditioning tokens, or None for an unconditional model.
+
+    The ResBlocks inject time by scale and shift (ADM); the paper's CelebA-HQ config adds it
+    instead, so the same sizes give 286M parameters here against the paper's 274M.
+    """
+
+    in_channels: int = 4
+    out_channels: int = 4
+    base_channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    res_blocks: int = 1
+    attention_levels: tuple[int, ...] = (1, 2)
+    head_channels: int = 32
+    dropout: float = 0.0
+    context_channels: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> UNetConfig:
+        known = {field.name for field in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown UNet settings {sorted(unknown)}")
+        values = dict(values)
+        for name in ("channel_mult", "attention_levels"):
+            if name in values:
+                values[name] = tuple(values[name])
+        return cls(**values)
+
+
+def timestep_embedding(t: Tensor, channels: int, max_period: float = 10_000.0) -> Tensor:
+    """Sinusoidal embedding of integer time steps (Vaswani et al. 2017, Sec. 3.5):
+    ``[cos(t w_i), sin(t w_i)]`` with frequencies ``w_i = max_period^(-i / (channels/2))``.
+
+    ``t``: (B,) -> (B, channels).
+    """
+    half = channels // 2
+    frequencies = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)  # (half,)
+    angles = t.float()[:, None] * frequencies[None]  # (B, half)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+class UNetBlock(nn.ModuleList):
+    """Layers applied in order; the ResBlocks among them also get the time embedding."""
+
+    def forward(self, h: Tensor, t_emb: Tensor, context: Tensor | None = None) -> Tensor:
+        for layer in self:
+            h = layer(h, t_emb) if isinstance(layer, ResBlock) else layer(h)
+        return h
+
+
+class UNet(nn.Module):
+    """``forward(x, t, context=None)``: latents (B, C, H, W) and time steps (B,) -> (B, C_out, H, W).
+
+    H and W must be multiples of ``2 ** (len(channel_mult) - 1)``.
+    """
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = config
+        base = config.base_channels
+        time_channels = 4 * base
+        self.time_mlp = nn.Sequential(nn.Linear(base, time_channels), nn.SiLU(),
+                                      nn.Linear(time_channels, time_channels))
+
+        def block(in_channels: int, out_channels: int, level: int) -> UNetBlock:
+            layers = [ResBlock(in_channels, out_channels, config.dropout, time_channels)]
+            if level in config.attention_levels:
+                layers.append(self.make_attention(out_channels))
+            return UNetBlock(layers)
+
+        self.input_conv = nn.Conv2d(config.in_channels, base, 3, padding=1)
+        self.down = nn.ModuleList()
+        skip_channels = [base]
+        channels = base
+        for level, mult in enumerate(config.channel_mult):
+            for _ in range(config.res_blocks):
+                self.down.append(block(channels, base * mult, level))
+                channels = base * mult
+                skip_channels.append(channels)
+            if level < len(config.channel_mult) - 1:
+                self.down.append(UNetBlock([Downsample(channels)]))
+                skip_channels.append(channels)
+
+        self.middle = UNetBlock([ResBlock(channels, channels, config.dropout, time_channels),
+                                     self.make_attention(channels),
+                                     ResBlock(channels, channels, config.dropout, time_channels)])
+
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(config.channel_mult))):
+            for index in range(config.res_blocks + 1):
+                layers = block(channels + skip_channels.pop(), base * mult, level)
+                channels = base * mult
+                if level > 0 and index == config.res_blocks:
+                    layers.append(Upsample(channels))
+                self.up.append(layers)
+
+        self.output = nn.Sequential(normalization(channels), nn.SiLU(),
+                                    zero_module(nn.Conv2d(channels, config.out_channels, 3, padding=1)))
+
+    def make_attention(self, channels: int) -> nn.Module:
+        """The attention layer at one place in the network: self-attention over the pixels."""
+        return SelfAttention2d(channels, head_channels=min(self.config.head_channels, channels))
+
+    @property
+    def downsampling(self) -> int:
+        """How much smaller the deepest level is than the input, per side."""
+        return 2 ** (len(self.config.channel_mult) - 1)
+
+    def forward(self, x: Tensor, t: Tensor, context: Tensor | None = None) -> Tensor:
+        if context is not None and self.config.context_channels is None:
+            raise ValueError("this UNet is unconditional: it was built without context_channels")
+        if x.shape[-1] % self.downsampling or x.shape[-2] % self.downsampling:
+            raise ValueError(f"latent side {tuple(x.shape[-2:])} is not a multiple of {self.downsampling}")
+        t_emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))  # (B, 4 * base)
+        h = self.input_conv(x)  # (B, base, H, W)
+        skips = [h]
+        for block in self.down:
+            h = block(h, t_emb, context)
+            skips.append(h)
+        h = self.middle(h, t_emb, context)  # (B, C_deepest, H / 2^(levels-1), ...)
+        for block in self.up:
+            h = block(torch.cat([h, skips.pop()], dim=1), t_emb, context)
+        return self.output(h)  # (B, out_channels, H, W)
+
+
+def parameter_count(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def forward_flops(unet: UNet, latent_shape: tuple[int, int, int], batch_size: int = 1) -> int:
+    """Floating-point operations of one forward pass on ``batch_size`` latents (C, H, W),
+    counted by PyTorch's FlopCounterMode (a multiply-add counts as 2). A training step
+    (forward and backward) costs about three times as much."""
+    x = torch.zeros(batch_size, *latent_shape, device=next(unet.parameters()).device)
+    t = torch.zeros(batch_size, dtype=torch.long, device=x.device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        unet(x, t)
+    return counter.get_total_flops()
+

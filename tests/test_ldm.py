@@ -1,0 +1,123 @@
+"""Stage 2 in the tiny profile: cached latents, training, sampling, saving and loading."""
+
+import json
+
+import pytest
+import torch
+
+from minildm import autoencoder_training, checkpoint, toyfaces
+from minildm.config import get_profile
+from minildm.images import float_to_uint8, uint8_to_float
+from minildm.ldm import LatentDiffusion, evaluate_ldm, ldm_config, load_ldm, train_ldm
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    return float_to_uint8(toyfaces.generate(64, resolution=32, seed=8)[0])
+
+
+@pytest.fixture(scope="module")
+def autoencoder_dir(tmp_path_factory, pixels):
+    run_dir = tmp_path_factory.mktemp("ae")
+    profile = get_profile("tiny")
+    config = autoencoder_training.autoencoder_config(profile, factor=4, reg="kl")
+    autoencoder_training.train_autoencoder(run_dir, pixels, config, profile, progress=False)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, autoencoder_dir, pixels):
+    run_dir = tmp_path_factory.mktemp("ldm")
+    model = train_ldm(run_dir, autoencoder_dir, pixels, get_profile("tiny"), progress=False,
+                      data_description={"dataset": "toyfaces", "resolution": 32})
+    return run_dir, model
+
+
+def test_run_folder_loads_back_to_the_same_sampler(trained):
+    run_dir, model = trained
+    assert {p.name for p in run_dir.iterdir()} >= {"config.json", "weights.safetensors", "checkpoint.safetensors",
+                                                   "latents.safetensors", "figures"}
+    loaded = load_ldm(run_dir)
+    noise = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(loaded.sample(3, 32, steps=5, noise=noise), model.sample(3, 32, steps=5, noise=noise),
+                          atol=1e-5)
+    assert loaded.scale == pytest.approx(model.scale) and model.scale != 1.0
+
+
+def test_cached_latents_are_scaled_and_hold_the_mirror_images(trained, pixels):
+    run_dir, model = trained
+    latents = checkpoint.load(run_dir / "latents.safetensors")[0]["latents"]
+    assert latents.shape == (2 * len(pixels), 4, 8, 8)
+    assert latents.std().item() == pytest.approx(1.0, rel=0.15)  # the scale factor's job
+    mirrored = model.encode(uint8_to_float(pixels[:4]).flip(-1))
+    assert torch.allclose(latents[len(pixels):len(pixels) + 4], mirrored, atol=1e-4)
+
+
+def test_samples_have_the_image_shape_and_range(trained):
+    _, model = trained
+    for sampler, steps in (("ddim", 4), ("ddpm", None)):
+        images, trajectory = model.sample(2, 32, sampler, steps or 1000, generator=torch.Generator().manual_seed(1),
+                                          return_trajectory=True)
+        assert images.shape == (2, 3, 32, 32) and images.min() >= -1 and images.max() <= 1
+        assert len(trajectory.states) == (steps or 1000) + 1 and trajectory.states[0].shape == (2, 4, 8, 8)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        model.sample(1, 32, "euler")
+
+
+def test_ddim_with_eta_zero_gives_the_same_images_for_the_same_seed(trained):
+    _, model = trained
+    first = model.sample(2, 32, steps=5, generator=torch.Generator().manual_seed(4))
+    second = model.sample(2, 32, steps=5, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(first, second)
+
+
+def test_a_tiny_ldm_overfits_a_batch(autoencoder_dir, pixels):
+    torch.manual_seed(0)
+    autoencoder = autoencoder_training.load_autoencoder(autoencoder_dir)
+    model = LatentDiffusion(ldm_config(get_profile("tiny"), autoencoder, prediction="eps"), autoencoder)
+    latents = model.encode(uint8_to_float(pixels[:8]))
+    optimizer = torch.optim.Adam(model.unet.parameters(), lr=2e-3)
+    generator = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(300):
+        loss = model.loss(latents, generator)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(1.0, abs=0.1)  # an untrained UNet predicts zero noise: E[eps^2] = 1
+    assert sum(losses[-50:]) / 50 < 0.3
+
+
+def test_training_without_the_scale_factor_uses_raw_latents(autoencoder_dir):
+    autoencoder = autoencoder_training.load_autoencoder(autoencoder_dir)
+    model = LatentDiffusion(ldm_config(get_profile("tiny"), autoencoder, use_scale_factor=False), autoencoder)
+    assert model.scale == 1.0 and autoencoder.scale_factor.item() != 1.0
+
+
+def test_loading_refuses_other_folders_and_configurations(trained, autoencoder_dir, tmp_path):
+    run_dir, _ = trained
+    with pytest.raises(checkpoint.CheckpointError, match="not a latent diffusion model"):
+        load_ldm(autoencoder_dir)
+    with pytest.raises(checkpoint.CheckpointError, match="no config.json"):
+        load_ldm(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    config = json.loads((run_dir / "config.json").read_text())
+    config["model"]["unet"]["base_channels"] = 48
+    (other / "config.json").write_text(json.dumps(config))
+    (other / "weights.safetensors").write_bytes((run_dir / "weights.safetensors").read_bytes())
+    with pytest.raises(checkpoint.CheckpointError, match="different configuration"):
+        load_ldm(other)
+
+
+def test_evaluation_reports_distances_and_counts(trained, pixels):
+    _, model = trained
+
+    def tiny_features(images):  # 4x4 average colours: a cheap stand-in for Inception
+        return torch.nn.functional.avg_pool2d(images.float(), 8).flatten(1)
+
+    results = evaluate_ldm(model, pixels[:20], n_samples=12, steps=3, features=tiny_features,
+                           generator=torch.Generator().manual_seed(0))
+    assert results["n_samples"] == 12 and results["n_reference"] == 20 and results["fid"] >= 0
+    assert {"kid", "kid_std", "sampler", "features", "sample_images_per_s"} <= set(results)
