@@ -62,6 +62,11 @@ class Trajectory:
     states: list[Tensor]
     predictions: list[Tensor]
 
+    def record(self, step: int, state: Tensor, prediction: Tensor) -> None:
+        self.timesteps.append(step)
+        self.states.append(state)
+        self.predictions.append(prediction)
+
 
 class Diffusion:
     """A noise schedule with everything derived from it, the loss and the samplers.
@@ -164,16 +169,15 @@ class Diffusion:
                 live in [-1, 1]; latents have no fixed range).
         """
         x = x_T
-        trajectory = Trajectory([], [x], [])
+        trajectory = Trajectory([], [x], []) if return_trajectory else None
         for step in tqdm(range(self.timesteps - 1, -1, -1), desc="DDPM", disable=not progress):
             t = torch.full((len(x),), step, dtype=torch.long, device=x.device)
             x0, _ = self._predict(denoise, x, t, clip)
             mean, variance = self.q_posterior(x0, x, t)
             noise = torch.randn(x.shape, generator=generator).to(x) if step > 0 else torch.zeros_like(x)
             x = mean + variance.sqrt() * noise
-            trajectory.timesteps.append(step)
-            trajectory.states.append(x)
-            trajectory.predictions.append(x0)
+            if trajectory is not None:
+                trajectory.record(step, x, x0)
         return (x, trajectory) if return_trajectory else x
 
     def ddim_timesteps(self, steps: int) -> list[int]:
@@ -197,7 +201,7 @@ class Diffusion:
         """
         x = x_T
         schedule = self.ddim_timesteps(steps)
-        trajectory = Trajectory([], [x], [])
+        trajectory = Trajectory([], [x], []) if return_trajectory else None
         for index, step in enumerate(tqdm(schedule, desc="DDIM", disable=not progress)):
             t = torch.full((len(x),), step, dtype=torch.long, device=x.device)
             x0, eps = self._predict(denoise, x, t, clip)
@@ -207,9 +211,8 @@ class Diffusion:
             x = math.sqrt(alpha_bar_next) * x0 + math.sqrt(1 - alpha_bar_next - sigma ** 2) * eps
             if sigma > 0:
                 x = x + sigma * torch.randn(x.shape, generator=generator).to(x)
-            trajectory.timesteps.append(step)
-            trajectory.states.append(x)
-            trajectory.predictions.append(x0)
+            if trajectory is not None:
+                trajectory.record(step, x, x0)
         return (x, trajectory) if return_trajectory else x
 
     @torch.no_grad()

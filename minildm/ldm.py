@@ -136,14 +136,15 @@ class LatentDiffusion(nn.Module):
         self.unet.eval()
         if sampler == "ddim":
             result = self.diffusion.ddim_sample(self.denoise, noise, steps, eta, generator=generator,
-                                                return_trajectory=True, progress=progress)
+                                                return_trajectory=return_trajectory, progress=progress)
         else:
             result = self.diffusion.ddpm_sample(self.denoise, noise, generator=generator,
-                                                return_trajectory=True, progress=progress)
+                                                return_trajectory=return_trajectory, progress=progress)
         self.unet.train(was_training)
-        latents, trajectory = result
-        images = self.decode(latents)
-        return (images, trajectory) if return_trajectory else images
+        if return_trajectory:
+            latents, trajectory = result
+            return self.decode(latents), trajectory
+        return self.decode(result)
 
 
 def ldm_config(profile: Profile, autoencoder: Autoencoder, use_scale_factor: bool = True,

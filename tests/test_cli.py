@@ -8,6 +8,8 @@ import sys
 import pytest
 from PIL import Image
 
+from minildm.cli import main
+
 
 def run_minildm(*args, tmp_path, timeout=120, **env):
     environment = {**os.environ, "MINILDM_DATA_DIR": str(tmp_path / "data"), **env}
@@ -60,7 +62,7 @@ def test_demo_trains_both_stages_and_writes_samples_and_metrics(tmp_path):
     assert {"config.json", "weights.safetensors"} <= {p.name for p in (out / "ldm").iterdir()}
 
 
-def test_train_ldm_sample_and_evaluate_from_the_command_line(tmp_path):
+def test_train_ldm_sample_and_evaluate_from_the_command_line(tmp_path, capsys):
     ae, ldm = tmp_path / "ae", tmp_path / "ldm"
     common = ("--profile", "tiny")
     result = run_minildm("train-ae", *common, "--n", "48", "--steps", "4", "--out", str(ae), tmp_path=tmp_path)
@@ -80,13 +82,13 @@ def test_train_ldm_sample_and_evaluate_from_the_command_line(tmp_path):
     metrics = json.loads(result.stdout)
     assert metrics["n_samples"] == 8 and "held-out images of toyfaces" in metrics["data"]
 
-    for args, message in [
+    for args, message in [  # in-process: the same main() as python -m minildm, without the start-up
         (("sample", "--ldm", str(ae), "--out", str(grid)), "not a latent diffusion model"),
         (("sample", "--ldm", str(tmp_path / "none"), "--out", str(grid)), "no config.json"),
         (("sample", "--ldm", str(ldm), "--out", str(tmp_path / "grid.jpg")), "must name a .png file"),
         (("sample", "--ldm", str(ldm), "--steps", "5000", "--out", str(grid)), "steps must be between 1 and 1000"),
         (("train-ldm", "--ae", str(ldm), "--out", str(tmp_path / "x")), "not an autoencoder"),
     ]:
-        result = run_minildm(*args, *common, tmp_path=tmp_path)
-        assert result.returncode == 1 and result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
-        assert message in result.stderr
+        assert main([*args, *common]) == 1
+        stderr = capsys.readouterr().err
+        assert stderr.startswith("minildm: error: ") and stderr.count("\n") == 1 and message in stderr, stderr
