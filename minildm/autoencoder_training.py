@@ -7,7 +7,6 @@ autoencoder's configuration, the loss and the data it saw), ``weights.safetensor
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -93,16 +92,11 @@ def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, config: Autoenc
 def load_autoencoder(run_dir: str | Path, device: str | torch.device = "cpu") -> Autoencoder:
     """The trained autoencoder of a run folder written by :func:`train_autoencoder`."""
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise ckpt.CheckpointError(f"{run_dir} is not an autoencoder run folder (no config.json)")
-    run_config = json.loads(config_path.read_text())
-    if run_config.get("stage") != "autoencoder":
-        raise ckpt.CheckpointError(f"{run_dir} holds a {run_config.get('stage')!r} run, not an autoencoder")
+    run_config = ckpt.read_run_config(run_dir, "autoencoder", "an autoencoder")
     try:
         autoencoder = build_autoencoder(AutoencoderConfig.from_dict(run_config["autoencoder"]))
     except (KeyError, ValueError) as error:
-        raise ckpt.CheckpointError(f"{config_path} does not describe an autoencoder this version can "
+        raise ckpt.CheckpointError(f"{run_dir / 'config.json'} does not describe an autoencoder this version can "
                                    f"build: {error}") from None
     tensors, _ = ckpt.load(run_dir / "weights.safetensors")
     ckpt.load_weights(autoencoder, ckpt.strip_prefix("autoencoder", tensors), str(run_dir / "weights.safetensors"))

@@ -52,6 +52,18 @@ def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, metadata
 
 
+def read_run_config(run_dir: Path, stage: str, kind: str) -> dict:
+    """A run folder's ``config.json``, refused in one line when it is missing or belongs to
+    another stage; ``kind`` names what the stage trains, e.g. "an autoencoder"."""
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{run_dir} is not {kind} run folder (no config.json)")
+    run_config = json.loads(config_path.read_text())
+    if run_config.get("stage") != stage:
+        raise CheckpointError(f"{run_dir} holds a {run_config.get('stage')!r} run, not {kind}")
+    return run_config
+
+
 def with_prefix(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {f"{prefix}.{name}": value for name, value in tensors.items()}
 

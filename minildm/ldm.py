@@ -13,7 +13,6 @@ together with a copy of the autoencoder.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,17 +219,11 @@ def train_ldm(run_dir: str | Path, autoencoder_dir: str | Path, pixels: Tensor, 
 def load_ldm(run_dir: str | Path, device: str | torch.device = "cpu") -> LatentDiffusion:
     """The model of a run folder written by :func:`train_ldm`, with its EMA weights."""
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise ckpt.CheckpointError(f"{run_dir} is not a latent diffusion run folder (no config.json)")
-    run_config = json.loads(config_path.read_text())
-    if run_config.get("stage") != "ldm":
-        raise ckpt.CheckpointError(f"{run_dir} holds a {run_config.get('stage')!r} run, not a latent "
-                                   "diffusion model (train one with train-ldm)")
+    run_config = ckpt.read_run_config(run_dir, "ldm", "a latent diffusion model")
     try:
         model = LatentDiffusion(LDMConfig.from_dict(run_config["model"]))
     except (KeyError, TypeError, ValueError) as error:
-        raise ckpt.CheckpointError(f"{config_path} does not describe a model this version can build: "
+        raise ckpt.CheckpointError(f"{run_dir / 'config.json'} does not describe a model this version can build: "
                                    f"{error}") from None
     weights_path = run_dir / "weights.safetensors"
     tensors, _ = ckpt.load(weights_path)
