@@ -4,7 +4,8 @@ A stage hands the :class:`Trainer` its modules, one optimiser per group of param
 and a function that turns a batch into one loss per optimiser. The trainer does the rest:
 
 - batches drawn from a seeded permutation per epoch, so step ``s`` always sees the same data;
-- gradient accumulation, optional gradient clipping, learning-rate warm-up and cosine decay, bf16 autocast on a GPU (fp32 on CPU);
+- gradient accumulation, optional gradient clipping, learning-rate warm-up and cosine decay,
+  bf16 autocast on a GPU (fp32 on CPU);
 - an exponential moving average (EMA) of one module's weights, used for figures and the
   exported weights only; the optimiser never sees it;
 - a progress bar with the losses, figures every ``figure_every`` steps;
