@@ -68,7 +68,8 @@ def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, config: Autoenc
 
     shown = uint8_to_float(pixels[:8]).to(device)
 
-    def figure_fn(module, step):
+    def figure_fn(modules, step):
+        module = modules["autoencoder"]
         module.eval()
         reconstruction = module(shown)[0]
         module.train()

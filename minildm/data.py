@@ -48,6 +48,7 @@ class ImageDataset(torch.utils.data.Dataset):
         attribute_names: names of the binary attributes (CelebA style), maybe empty.
         attributes: bool tensor (N, A) or None.
         labels: int64 tensor (N,) of class indices, or None.
+        label_names: the name of each class, maybe empty.
         captions: one caption per image, or None.
         info: where the data came from, how many files were skipped and why.
     """
@@ -56,6 +57,7 @@ class ImageDataset(torch.utils.data.Dataset):
     attribute_names: list[str] = field(default_factory=list)
     attributes: torch.Tensor | None = None
     labels: torch.Tensor | None = None
+    label_names: list[str] = field(default_factory=list)
     captions: list[str] | None = None
     info: dict = field(default_factory=dict)
 
@@ -183,6 +185,8 @@ def _toyfaces(resolution: int, n: int, start: int, seed: int) -> ImageDataset:
         pixels=imgs.float_to_uint8(images),
         attribute_names=list(toyfaces.ATTRIBUTES),
         attributes=attributes,
+        labels=attributes[:, :len(toyfaces.HAIR_OPTIONS)].long().argmax(dim=1),  # the hair, as a class
+        label_names=list(toyfaces.HAIR_OPTIONS),
         captions=[toyfaces.caption(row) for row in attributes],
         info={"source": "toyfaces", "seed": seed, "start": start, "requested": n},
     )
@@ -267,7 +271,8 @@ def _write_cache(data: ImageDataset, path: Path) -> None:
         tensors["attributes"] = data.attributes.to(torch.uint8)
     if data.labels is not None:
         tensors["labels"] = data.labels
-    metadata = {"attribute_names": data.attribute_names, "captions": data.captions, "info": data.info}
+    metadata = {"attribute_names": data.attribute_names, "label_names": data.label_names,
+                "captions": data.captions, "info": data.info}
     ckpt.save_atomic(tensors, path, metadata)
 
 
@@ -280,6 +285,7 @@ def _read_cache(path: Path) -> ImageDataset | None:
             attribute_names=metadata["attribute_names"],
             attributes=tensors["attributes"].bool() if "attributes" in tensors else None,
             labels=tensors.get("labels"),
+            label_names=metadata.get("label_names", []),
             captions=metadata["captions"],
             info=metadata["info"],
         )
@@ -304,7 +310,9 @@ def describe(data: ImageDataset) -> str:
         for name, freq in sorted(data.attribute_frequencies().items(), key=lambda kv: -kv[1]):
             lines.append(f"  {name:<22} {freq:6.1%}")
     if data.labels is not None:
-        lines.append(f"classes: {dict(sorted(Counter(data.labels.tolist()).items()))}")
+        counts = sorted(Counter(data.labels.tolist()).items())
+        named = {data.label_names[label] if data.label_names else label: count for label, count in counts}
+        lines.append(f"classes: {named}")
     if data.captions:
         lines.append(f"example caption: {data.captions[0]!r}")
     lines.append(f"cached at {info.get('cache')}" + (" (loaded from cache)" if info.get("from_cache") else ""))

@@ -23,7 +23,7 @@ import json
 import math
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -104,22 +104,24 @@ class Trainer:
         config: the training settings.
         run_config: everything that defines the models (saved as ``config.json``; a run
             folder with a different one is refused rather than resumed).
-        ema_of: name of the module to average, if ``config.ema_decay`` is set.
-        figure_fn: (module to show, step) -> images (B, 3, H, W) in [-1, 1].
+        ema_of: names of the modules to average (one name or several), if
+            ``config.ema_decay`` is set.
+        figure_fn: (the modules to show, by name, EMA where there is one; step) -> images
+            (B, 3, H, W) in [-1, 1].
     """
 
     def __init__(self, run_dir: str | Path, modules: dict[str, nn.Module],
                  optimizers: dict[str, torch.optim.Optimizer], loss_fn: LossFunction,
-                 data: Batch, config: TrainConfig, run_config: dict, ema_of: str | None = None,
-                 figure_fn: Callable[[nn.Module, int], torch.Tensor] | None = None,
+                 data: Batch, config: TrainConfig, run_config: dict, ema_of: str | Sequence[str] = (),
+                 figure_fn: Callable[[dict[str, nn.Module], int], torch.Tensor] | None = None,
                  progress: bool = True):
         self.run_dir = Path(run_dir)
         self.modules, self.optimizers, self.loss_fn = modules, optimizers, loss_fn
         self.data, self.config, self.run_config = data, config, run_config
         self.figure_fn, self.progress = figure_fn, progress
         self.size = len(next(iter(data.values())))
-        self.ema_of = ema_of if config.ema_decay else None
-        self.ema = EMA(modules[ema_of], config.ema_decay) if self.ema_of else None
+        averaged = [ema_of] if isinstance(ema_of, str) else list(ema_of)
+        self.ema = {name: EMA(modules[name], config.ema_decay) for name in averaged} if config.ema_decay else {}
         self.step = 0
         self.saved_step: int | None = None  # step of the checkpoint on disk, if any
         self.history: list[dict[str, float]] = []
@@ -181,8 +183,8 @@ class Trainer:
                 parameters = [p for group in optimizer.param_groups for p in group["params"]]
                 nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm)
             optimizer.step()
-        if self.ema:
-            self.ema.update(self.modules[self.ema_of], self.step)
+        for name, ema in self.ema.items():
+            ema.update(self.modules[name], self.step)
         self.history.append({"step": self.step, **totals})
         self.step += 1
         return totals
@@ -203,7 +205,7 @@ class Trainer:
 
     def sampling_module(self, name: str) -> nn.Module:
         """The weights to evaluate with: the EMA copy of ``name`` when there is one."""
-        return self.ema.module if self.ema and name == self.ema_of else self.modules[name]
+        return self.ema[name].module if name in self.ema else self.modules[name]
 
     def _after_step(self) -> None:
         if self.step % self.config.checkpoint_every == 0:
@@ -212,7 +214,7 @@ class Trainer:
             self.save_figure()
 
     def save_figure(self) -> Path:
-        shown = self.sampling_module(self.ema_of or next(iter(self.modules)))
+        shown = {name: self.sampling_module(name) for name in self.modules}
         with torch.no_grad():
             images = self.figure_fn(shown, self.step)
         return save_grid(images, self.run_dir / "figures" / f"step{self.step:07d}.png")
@@ -231,8 +233,8 @@ class Trainer:
         optimizer_rest = {}
         for name, module in self.modules.items():
             tensors.update(ckpt.with_prefix(f"model.{name}", module.state_dict()))
-        if self.ema:
-            tensors.update(ckpt.with_prefix("ema", self.ema.module.state_dict()))
+        for name, ema in self.ema.items():
+            tensors.update(ckpt.with_prefix(f"ema.{name}", ema.module.state_dict()))
         for name, optimizer in self.optimizers.items():
             state, optimizer_rest[name] = ckpt.optimizer_to_tensors(optimizer)
             tensors.update(ckpt.with_prefix(f"optimizer.{name}", state))
@@ -258,8 +260,8 @@ class Trainer:
         source = str(self.checkpoint_path)
         for name, module in self.modules.items():
             ckpt.load_weights(module, ckpt.strip_prefix(f"model.{name}", tensors), source)
-        if self.ema:
-            ckpt.load_weights(self.ema.module, ckpt.strip_prefix("ema", tensors), source)
+        for name, ema in self.ema.items():
+            ckpt.load_weights(ema.module, ckpt.strip_prefix(f"ema.{name}", tensors), source)
         for name, optimizer in self.optimizers.items():
             ckpt.optimizer_from_tensors(optimizer, ckpt.strip_prefix(f"optimizer.{name}", tensors),
                                         metadata["optimizers"][name])

@@ -11,8 +11,11 @@ form DDPM and ADM (Dhariwal & Nichol 2021) gave it:
   through a skip connection (concatenated channels);
 - the output layer starts at zero, so the untrained network predicts zero noise.
 
-``forward`` takes an optional ``context`` (B, L, D), the token sequence of a conditioning
-encoder; the cross-attention that reads it is part of the conditioning stage.
+With ``context_channels`` set, the attention layers become spatial transformers
+(:mod:`minildm.attention`): self-attention, then cross-attention to ``context`` (B, L, D),
+the token sequence of a conditioning encoder (LDM Sec. 3.3), then a feed-forward layer.
+Concat conditioning (inpainting, super-resolution) needs nothing here: it only adds input
+channels.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from minildm.attention import SpatialTransformer
 from minildm.nn import Downsample, ResBlock, SelfAttention2d, Upsample, normalization, zero_module
 
 
@@ -85,16 +89,25 @@ def timestep_embedding(t: Tensor, channels: int, max_period: float = 10_000.0) -
 
 
 class UNetBlock(nn.ModuleList):
-    """Layers applied in order; the ResBlocks among them also get the time embedding."""
+    """Layers applied in order; ResBlocks also get the time embedding, spatial transformers
+    the context tokens and their padding mask."""
 
-    def forward(self, h: Tensor, t_emb: Tensor, context: Tensor | None = None) -> Tensor:
+    def forward(self, h: Tensor, t_emb: Tensor, context: Tensor | None = None,
+                context_mask: Tensor | None = None) -> Tensor:
         for layer in self:
-            h = layer(h, t_emb) if isinstance(layer, ResBlock) else layer(h)
+            if isinstance(layer, ResBlock):
+                h = layer(h, t_emb)
+            elif isinstance(layer, SpatialTransformer):
+                h = layer(h, context, context_mask)
+            else:
+                h = layer(h)
         return h
 
 
 class UNet(nn.Module):
-    """``forward(x, t, context=None)``: latents (B, C, H, W) and time steps (B,) -> (B, C_out, H, W).
+    """``forward(x, t, context=None, context_mask=None)``: latents (B, C, H, W), time steps
+    (B,) and, for a conditional UNet, tokens (B, L, D) with a mask (B, L) that is False at
+    padding -> (B, C_out, H, W).
 
     H and W must be multiples of ``2 ** (len(channel_mult) - 1)``.
     """
@@ -143,28 +156,34 @@ class UNet(nn.Module):
                                     zero_module(nn.Conv2d(channels, config.out_channels, 3, padding=1)))
 
     def make_attention(self, channels: int) -> nn.Module:
-        """The attention layer at one place in the network: self-attention over the pixels."""
-        return SelfAttention2d(channels, head_channels=min(self.config.head_channels, channels))
+        """The attention layer at one place in the network: self-attention over the pixels,
+        or a spatial transformer that also attends to the context tokens."""
+        head_channels = min(self.config.head_channels, channels)
+        if self.config.context_channels is None:
+            return SelfAttention2d(channels, head_channels=head_channels)
+        return SpatialTransformer(channels, self.config.context_channels, head_channels)
 
     @property
     def downsampling(self) -> int:
         """How much smaller the deepest level is than the input, per side."""
         return 2 ** (len(self.config.channel_mult) - 1)
 
-    def forward(self, x: Tensor, t: Tensor, context: Tensor | None = None) -> Tensor:
-        if context is not None and self.config.context_channels is None:
-            raise ValueError("this UNet is unconditional: it was built without context_channels")
+    def forward(self, x: Tensor, t: Tensor, context: Tensor | None = None,
+                context_mask: Tensor | None = None) -> Tensor:
+        if (context is None) != (self.config.context_channels is None):
+            raise ValueError("this UNet is unconditional: it was built without context_channels"
+                             if context is not None else "this UNet is conditional: pass the context tokens")
         if x.shape[-1] % self.downsampling or x.shape[-2] % self.downsampling:
             raise ValueError(f"latent side {tuple(x.shape[-2:])} is not a multiple of {self.downsampling}")
         t_emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))  # (B, 4 * base)
         h = self.input_conv(x)  # (B, base, H, W)
         skips = [h]
         for block in self.down:
-            h = block(h, t_emb, context)
+            h = block(h, t_emb, context, context_mask)
             skips.append(h)
-        h = self.middle(h, t_emb, context)  # (B, C_deepest, H / 2^(levels-1), ...)
+        h = self.middle(h, t_emb, context, context_mask)  # (B, C_deepest, H / 2^(levels-1), ...)
         for block in self.up:
-            h = block(torch.cat([h, skips.pop()], dim=1), t_emb, context)
+            h = block(torch.cat([h, skips.pop()], dim=1), t_emb, context, context_mask)
         return self.output(h)  # (B, out_channels, H, W)
 
 
@@ -173,13 +192,18 @@ def parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def forward_flops(unet: UNet, latent_shape: tuple[int, int, int], batch_size: int = 1) -> int:
+def forward_flops(unet: UNet, latent_shape: tuple[int, int, int], batch_size: int = 1, context_length: int = 1) -> int:
     """Floating-point operations of one forward pass on ``batch_size`` latents (C, H, W),
     counted by PyTorch's FlopCounterMode (a multiply-add counts as 2). A training step
-    (forward and backward) costs about three times as much."""
-    x = torch.zeros(batch_size, *latent_shape, device=next(unet.parameters()).device)
+    (forward and backward) costs about three times as much. The input channels are the
+    UNet's own (more than C with concat conditioning); a conditional UNet attends to
+    ``context_length`` tokens."""
+    config = unet.config
+    x = torch.zeros(batch_size, config.in_channels, *latent_shape[1:], device=next(unet.parameters()).device)
     t = torch.zeros(batch_size, dtype=torch.long, device=x.device)
+    context = None
+    if config.context_channels is not None:
+        context = torch.zeros(batch_size, context_length, config.context_channels, device=x.device)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        unet(x, t)
+        unet(x, t, context)
     return counter.get_total_flops()
-

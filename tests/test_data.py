@@ -56,7 +56,8 @@ def test_item_is_float_in_unit_range(cache):
     item = load_images("toyfaces", 32, 4, cache_dir=cache, progress=False)[1]
     assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
     assert -1 <= item["image"].min() and item["image"].max() <= 1
-    assert set(item) == {"image", "attributes", "caption"}
+    assert set(item) == {"image", "attributes", "label", "caption"}
+    assert item["attributes"][item["label"]]  # the class is the hair option the face has
 
 
 def test_folder_of_odd_image_modes_becomes_rgb(tmp_path, cache):

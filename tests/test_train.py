@@ -53,7 +53,7 @@ def test_resume_after_ctrl_c_continues_exactly(tmp_path):
     assert [entry["loss"] for entry in history] == expected  # bit-for-bit, dropout included
     for name, value in straight.modules["model"].state_dict().items():
         assert torch.equal(value, resumed.modules["model"].state_dict()[name])
-    assert torch.equal(straight.ema.module[0].weight, resumed.ema.module[0].weight)
+    assert torch.equal(straight.ema["model"].module[0].weight, resumed.ema["model"].module[0].weight)
 
 
 def test_training_reduces_the_loss(tmp_path):
@@ -114,14 +114,14 @@ def test_loading_weights_of_another_shape_names_the_tensor(tmp_path):
 
 def test_ema_follows_its_formula_and_is_exported(tmp_path):
     trainer = make_trainer(tmp_path / "run", steps=1, ema_decay=0.9)
-    start = trainer.ema.module[0].weight.clone()
+    start = trainer.ema["model"].module[0].weight.clone()
     trainer.fit()
     expected = 0.1 * start + 0.9 * trainer.modules["model"][0].weight  # decay warms up: 1/10 at step 0
-    assert torch.allclose(trainer.ema.module[0].weight, expected)
-    assert [trainer.ema.decay_at(step) for step in (0, 5, 80, 10_000)] == [0.1, 6 / 15, 0.9, 0.9]
-    assert not any(p.requires_grad for p in trainer.ema.module.parameters())
+    assert torch.allclose(trainer.ema["model"].module[0].weight, expected)
+    assert [trainer.ema["model"].decay_at(step) for step in (0, 5, 80, 10_000)] == [0.1, 6 / 15, 0.9, 0.9]
+    assert not any(p.requires_grad for p in trainer.ema["model"].module.parameters())
     exported, _ = ckpt.load(trainer.run_dir / "weights.safetensors")
-    assert torch.equal(exported["model.0.weight"], trainer.ema.module[0].weight)
+    assert torch.equal(exported["model.0.weight"], trainer.ema["model"].module[0].weight)
 
 
 def test_gradient_accumulation_equals_a_bigger_batch(tmp_path):

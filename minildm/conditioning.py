@@ -1,0 +1,257 @@
+"""The domain-specific encoders tau_theta of LDM Sec. 3.3: a condition y -> tokens (B, L, D).
+
+The UNet's cross-attention layers (:mod:`minildm.attention`) read the tokens; what they
+mean depends on the encoder:
+
+- :class:`ClassEncoder`: one learned token per class (LSUN category, CelebA gender, toy-face
+  hair colour): L = 1.
+- :class:`AttributeEncoder`: a *set* of attributes, one learned token per attribute that is
+  present, after a "face" token that is always there ("Smiling + Eyeglasses" is 3 tokens).
+  A set has no order, so no position is encoded; absent attributes are padding.
+- :class:`TextEncoder`: a caption, split into words by :class:`WordTokenizer` (vocabulary
+  built from the training captions), embedded with positions and passed through a small
+  transformer trained jointly with the UNet (the paper trains its text transformer from
+  scratch too, at a much larger scale).
+
+Every encoder also has a learned null sequence (one token), the "no condition" input that
+classifier-free guidance needs (Ho & Salimans 2022): during training each condition is
+replaced by it with probability ``drop_probability``, so the same network learns
+eps(z_t, t, y) and eps(z_t, t, null), and sampling extrapolates from the second to the first.
+
+Encoders return ``(tokens, mask)``: tokens (B, L, D) and a bool mask (B, L) that is False
+at padding, which the attention layers ignore.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from minildm.attention import Attention, FeedForward
+from minildm.config import MinildmError
+
+TOKEN_KINDS = ("class", "attributes", "text")  # read through cross-attention
+CONCAT_KINDS = ("inpaint", "superres")  # concatenated to the UNet's input
+KINDS = ("none", *TOKEN_KINDS, *CONCAT_KINDS)
+
+
+@dataclass
+class ConditioningConfig:
+    """What the model is conditioned on; saved with the model.
+
+    Attributes:
+        kind: ``none``, ``class``, ``attributes``, ``text``, ``inpaint`` or ``superres``.
+        channels: size D of the tokens.
+        names: the class names, the attribute names, or the text vocabulary.
+        max_length: longest caption in tokens (text only).
+        layers: transformer layers of the text encoder.
+        drop_probability: how often training replaces the condition by the null sequence.
+        superres_factor: how much smaller the low-resolution input is (superres only).
+    """
+
+    kind: str = "none"
+    channels: int = 64
+    names: list[str] = field(default_factory=list)
+    max_length: int = 0
+    layers: int = 2
+    drop_probability: float = 0.1
+    superres_factor: int = 4
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise MinildmError(f"unknown conditioning {self.kind!r}: choose one of {', '.join(KINDS)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ConditionEncoder(nn.Module):
+    """Base of the encoders: ``forward(condition, drop)`` -> (tokens (B, L, D), mask (B, L)).
+
+    ``drop`` (B,) bool replaces those rows by the null sequence (one learned token).
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.null_token = nn.Parameter(torch.randn(1, channels) * 0.02)
+
+    def encode(self, condition: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, condition: Tensor, drop: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        tokens, mask = self.encode(condition)  # (B, L, D), (B, L)
+        if drop is not None:
+            null_tokens, null_mask = pad(*self.null(len(tokens)), tokens.shape[1])
+            tokens = torch.where(drop[:, None, None], null_tokens, tokens)
+            mask = torch.where(drop[:, None], null_mask, mask)
+        return tokens, mask
+
+    def null(self, n: int) -> tuple[Tensor, Tensor]:
+        """The null sequence for ``n`` samples: tokens (n, 1, D), mask (n, 1)."""
+        tokens = self.null_token.expand(n, 1, -1)
+        return tokens, torch.ones(n, 1, dtype=torch.bool, device=tokens.device)
+
+
+def pad(tokens: Tensor, mask: Tensor, length: int) -> tuple[Tensor, Tensor]:
+    """Pad a sequence (B, L, D) with masked-out zeros to ``length`` >= L tokens."""
+    extra = length - tokens.shape[1]
+    return (torch.nn.functional.pad(tokens, (0, 0, 0, extra)),
+            torch.nn.functional.pad(mask, (0, extra), value=False))
+
+
+class ClassEncoder(ConditionEncoder):
+    """Class index (B,) -> one learned token (B, 1, D)."""
+
+    def __init__(self, num_classes: int, channels: int):
+        super().__init__(channels)
+        self.embedding = nn.Embedding(num_classes, channels)
+
+    def encode(self, labels: Tensor) -> tuple[Tensor, Tensor]:
+        tokens = self.embedding(labels.long())[:, None]  # (B, 1, D)
+        return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+
+
+class AttributeEncoder(ConditionEncoder):
+    """Attribute set, bool (B, A) -> tokens (B, 1 + A, D): the "face" token, then one token
+    per attribute, masked out where the attribute is absent."""
+
+    def __init__(self, num_attributes: int, channels: int):
+        super().__init__(channels)
+        self.embedding = nn.Embedding(1 + num_attributes, channels)
+
+    def encode(self, attributes: Tensor) -> tuple[Tensor, Tensor]:
+        present = attributes.bool()  # (B, A)
+        tokens = self.embedding.weight.expand(len(present), -1, -1)  # (B, 1 + A, D)
+        always = torch.ones(len(present), 1, dtype=torch.bool, device=present.device)
+        return tokens, torch.cat([always, present], dim=1)
+
+
+class WordTokenizer:
+    """Lower-case words -> integer ids; 0 is padding, 1 starts every sequence.
+
+    The vocabulary is every word of the training captions; a prompt with another word is
+    refused with the list of known words, rather than silently ignored.
+    """
+
+    PAD, START = 0, 1
+
+    def __init__(self, vocabulary: Sequence[str]):
+        self.vocabulary = list(vocabulary)
+        self.ids = {word: index + 2 for index, word in enumerate(self.vocabulary)}
+
+    @staticmethod
+    def words(text: str) -> list[str]:
+        return re.findall(r"[a-z]+", text.lower())
+
+    @classmethod
+    def from_captions(cls, captions: Sequence[str]) -> WordTokenizer:
+        return cls(sorted({word for text in captions for word in cls.words(text)}))
+
+    def __len__(self) -> int:
+        return len(self.vocabulary) + 2
+
+    def encode(self, texts: Sequence[str], length: int) -> Tensor:
+        """Captions -> ids (B, length): start, the words, then padding."""
+        ids = torch.full((len(texts), length), self.PAD, dtype=torch.long)
+        for row, text in enumerate(texts):
+            words = self.words(text)
+            unknown = [word for word in words if word not in self.ids]
+            if unknown:
+                raise MinildmError(f"unknown word(s) {', '.join(map(repr, unknown))} in prompt {text!r}; "
+                                   f"this model knows: {' '.join(self.vocabulary)}")
+            if len(words) + 1 > length:
+                raise MinildmError(f"prompt {text!r} has {len(words)} words; this model reads at most {length - 1}")
+            ids[row, :len(words) + 1] = torch.tensor([self.START, *(self.ids[word] for word in words)])
+        return ids
+
+    def decode(self, ids: Tensor) -> str:
+        return " ".join(self.vocabulary[i - 2] for i in ids.tolist() if i >= 2)
+
+
+class TextLayer(nn.Module):
+    """Pre-norm transformer encoder layer: self-attention over the words, then an MLP."""
+
+    def __init__(self, channels: int, head_channels: int = 32):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(channels), nn.LayerNorm(channels)
+        self.attention = Attention(channels, head_channels=head_channels)
+        self.feed_forward = FeedForward(channels)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        x = x + self.attention(self.norm1(x), mask=mask)  # (B, L, D)
+        return x + self.feed_forward(self.norm2(x))
+
+
+class TextEncoder(ConditionEncoder):
+    """Token ids (B, L) -> contextual word tokens (B, L, D): embeddings of words and of
+    positions, ``layers`` transformer layers, a final LayerNorm."""
+
+    def __init__(self, vocabulary_size: int, max_length: int, channels: int, layers: int):
+        super().__init__(channels)
+        self.word_embedding = nn.Embedding(vocabulary_size, channels)
+        self.position_embedding = nn.Parameter(torch.randn(max_length, channels) * 0.02)
+        self.layers = nn.ModuleList(TextLayer(channels) for _ in range(layers))
+        self.norm = nn.LayerNorm(channels)
+
+    def encode(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        mask = ids != WordTokenizer.PAD  # (B, L)
+        x = self.word_embedding(ids) + self.position_embedding[:ids.shape[1]]  # (B, L, D)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.norm(x), mask
+
+
+def build_encoder(config: ConditioningConfig) -> ConditionEncoder | None:
+    """The encoder tau_theta for a token kind; None for ``none`` and concat kinds."""
+    if config.kind == "class":
+        return ClassEncoder(len(config.names), config.channels)
+    if config.kind == "attributes":
+        return AttributeEncoder(len(config.names), config.channels)
+    if config.kind == "text":
+        return TextEncoder(len(config.names) + 2, config.max_length, config.channels, config.layers)
+    return None
+
+
+def conditioning_config(kind: str, dataset, attributes: Sequence[str] | None = None,
+                        **settings) -> ConditioningConfig:
+    """The conditioning ``kind`` for a data set (:class:`minildm.data.ImageDataset`): class
+    names, attribute names (all, or those named in ``attributes``) or the captions'
+    vocabulary; ``settings`` override the other fields."""
+    if kind == "class":
+        if dataset.labels is None:
+            raise MinildmError("this data set has no class labels: condition on attributes instead")
+        names = dataset.label_names or [str(i) for i in range(int(dataset.labels.max()) + 1)]
+        return ConditioningConfig(kind, names=list(names), **settings)
+    if kind == "attributes":
+        if dataset.attributes is None:
+            raise MinildmError("this data set has no attributes (a CelebA folder needs list_attr_celeba.txt)")
+        names = list(attributes or dataset.attribute_names)
+        missing = [name for name in names if name not in dataset.attribute_names]
+        if missing:
+            raise MinildmError(f"unknown attribute(s) {', '.join(missing)}; the data set has: "
+                               f"{', '.join(dataset.attribute_names)}")
+        return ConditioningConfig(kind, names=names, **settings)
+    if kind == "text":
+        if dataset.captions is None:
+            raise MinildmError("this data set has no captions: condition on attributes instead")
+        vocabulary = WordTokenizer.from_captions(dataset.captions).vocabulary
+        longest = max(len(WordTokenizer.words(text)) for text in dataset.captions)
+        return ConditioningConfig(kind, names=vocabulary, max_length=longest + 1, **settings)
+    return ConditioningConfig(kind, **settings)
+
+
+def condition_tensor(config: ConditioningConfig, dataset) -> Tensor:
+    """Each image's condition as the encoder reads it: class indices (N,), attributes bool
+    (N, A) in the order of ``config.names``, or caption ids (N, max_length)."""
+    if config.kind == "class":
+        return dataset.labels.long()
+    if config.kind == "attributes":
+        columns = [dataset.attribute_names.index(name) for name in config.names]
+        return dataset.attributes[:, columns].bool()
+    if config.kind == "text":
+        return WordTokenizer(config.names).encode(dataset.captions, config.max_length)
+    raise ValueError(f"{config.kind!r} conditions are images, made by minildm.image_conditions")
