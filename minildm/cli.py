@@ -14,8 +14,10 @@ from pathlib import Path
 
 import torch
 
-from minildm import autoencoder_training, data, ldm, losses, unet, viz
+from minildm import autoencoder_training, data, evaluation, images, ldm, losses, unet, viz
+from minildm.conditioning import KINDS, TOKEN_KINDS, WordTokenizer, condition_tensor, conditioning_config
 from minildm.config import MinildmError, Profile, get_profile
+from minildm.judge import load_judge
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     train_ldm = _command(commands, "train-ldm", "train the latent diffusion model (stage 2)", run_train_ldm)
     train_ldm.add_argument("--ae", type=Path, required=True, help="the autoencoder run folder (stage 1)")
-    train_ldm.add_argument("--cond", default="none", choices=["none"], help="conditioning (none: unconditional)")
+    train_ldm.add_argument("--cond", default="none", choices=list(KINDS),
+                           help="conditioning: none (unconditional), class, attributes, text (cross-attention), "
+                           "inpaint or superres (concatenated input)")
+    train_ldm.add_argument("--attributes", help="with --cond attributes: comma-separated names to condition on "
+                           "(default: all of the data set's)")
     train_ldm.add_argument("--n", type=int, help="training images (default: those the autoencoder saw)")
     train_ldm.add_argument("--steps", type=int, help="training steps (default: the profile's)")
     train_ldm.add_argument("--out", type=Path, required=True, help="run folder (resumed if it exists)")
@@ -62,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--sampler", default="ddim", choices=list(ldm.SAMPLERS), help="default ddim")
     sample.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50; DDPM uses all)")
     sample.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 like DDPM")
+    sample.add_argument("--prompt", help="text model: the caption to draw")
+    sample.add_argument("--attributes", help="attribute model: comma-separated attributes to draw, e.g. "
+                        "Smiling,Eyeglasses (the others absent)")
+    sample.add_argument("--label", help="class model: the name of the class to draw")
+    sample.add_argument("--guidance", type=float, default=ldm.DEFAULT_GUIDANCE,
+                        help=f"classifier-free guidance scale (default {ldm.DEFAULT_GUIDANCE}; 1 = none)")
+    sample.add_argument("--inpaint", type=Path, help="inpainting model: the image to complete")
+    sample.add_argument("--mask", type=Path, help="with --inpaint: an image, white where to generate")
+    sample.add_argument("--upscale", type=Path, help="super-resolution model: the image to enlarge")
     sample.add_argument("--out", type=Path, required=True, help="PNG file for the grid")
 
     evaluate = _command(commands, "evaluate", "print one JSON object of metrics on held-out images",
@@ -140,15 +155,23 @@ def run_train_ae(args: argparse.Namespace, profile: Profile) -> None:
 
 
 def run_train_ldm(args: argparse.Namespace, profile: Profile) -> None:
+    if args.attributes and args.cond != "attributes":
+        raise MinildmError("--attributes applies to --cond attributes only")
     autoencoder_training.load_autoencoder(args.ae)  # a clear error now rather than after loading data
     seen = _training_data(args.ae)
     train = data.load_images(seen["dataset"], seen["resolution"], args.n or seen["n"], start=seen["start"],
                              split=seen["split"], seed=seen["seed"])
     print(data.describe(train).splitlines()[0])
+    conditioning, conditions = None, None
+    if args.cond != "none":
+        names = args.attributes.split(",") if args.attributes else None
+        conditioning = conditioning_config(args.cond, train, attributes=names)
+        if args.cond in TOKEN_KINDS:
+            conditions = condition_tensor(conditioning, train)
     description = {**seen, "n": len(train)}
     started = time.perf_counter()
     model = ldm.train_ldm(args.out, args.ae, train.pixels, profile, steps=args.steps, seed=args.seed,
-                          data_description=description)
+                          data_description=description, conditioning=conditioning, conditions=conditions)
     minutes = (time.perf_counter() - started) / 60
     latent_shape = model.latent_shape(train.resolution)
     print(f"trained in {minutes:.1f} min; UNet {unet.parameter_count(model.unet) / 1e6:.2f} M parameters, "
@@ -166,14 +189,76 @@ def run_sample(args: argparse.Namespace, profile: Profile) -> None:
     generator = torch.Generator().manual_seed(args.seed)
     started = time.perf_counter()
     try:
-        images = model.sample(args.n, resolution, args.sampler, args.steps, args.eta, generator=generator,
-                              progress=True)
+        if model.kind == "inpaint":
+            image, mask = _inpainting_inputs(args, resolution)
+            shown = image * (1 - mask)  # the first image of the grid: what the model sees
+            images = model.inpaint(image.expand(args.n, -1, -1, -1), mask.expand(args.n, -1, -1, -1), args.steps,
+                                   generator)
+        elif model.kind == "superres":
+            factor = model.config.conditioning.superres_factor
+            low = _read_image(args.upscale, "--upscale", resolution // factor)
+            shown = torch.nn.functional.interpolate(low, scale_factor=factor, mode="nearest")
+            images = model.upscale(low.expand(args.n, -1, -1, -1), args.steps, generator)
+        else:
+            shown = torch.empty(0, 3, resolution, resolution)
+            condition = _token_condition(args, model)
+            if condition is not None:
+                condition = condition.expand(args.n, *condition.shape[1:])  # the same for every sample
+            images = model.sample(args.n, resolution, args.sampler, args.steps, args.eta, generator=generator,
+                                  progress=True, condition=condition, guidance=args.guidance)
     except ValueError as error:
         raise MinildmError(str(error)) from None
     seconds = time.perf_counter() - started
     print(f"{args.n} samples in {seconds:.1f} s ({args.sampler}, "
           f"{args.steps if args.sampler == 'ddim' else model.diffusion.timesteps} steps): "
-          f"{viz.save_grid(images, args.out, scale=2)}")
+          f"{viz.save_grid(torch.cat([shown, images.cpu()]), args.out, scale=2)}")
+
+
+def _token_condition(args: argparse.Namespace, model: ldm.LatentDiffusion) -> torch.Tensor | None:
+    """The one condition (1, ...) that ``--prompt``, ``--attributes`` or ``--label`` asks for;
+    None (the null condition) when none is given."""
+    given = {option: value for option, value in (("--prompt", args.prompt), ("--attributes", args.attributes),
+                                                 ("--label", args.label)) if value is not None}
+    expected = {"text": "--prompt", "attributes": "--attributes", "class": "--label"}.get(model.kind)
+    wrong = sorted(set(given) - {expected})
+    if wrong:
+        raise MinildmError(f"{', '.join(wrong)} does not apply to a model conditioned on {model.kind}"
+                           + (f": use {expected}" if expected else ""))
+    if expected not in given:
+        return None
+    names = model.config.conditioning.names
+    if model.kind == "text":
+        return WordTokenizer(names).encode([args.prompt], model.config.conditioning.max_length)
+    if model.kind == "class":
+        if args.label not in names:
+            raise MinildmError(f"unknown class {args.label!r}; this model knows: {', '.join(names)}")
+        return torch.tensor([names.index(args.label)])
+    wanted = [name.strip() for name in args.attributes.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in names]
+    if unknown:
+        raise MinildmError(f"unknown attribute(s) {', '.join(unknown)}; this model knows: {', '.join(names)}")
+    return torch.tensor([[name in wanted for name in names]])
+
+
+def _read_image(path: Path | None, option: str, resolution: int) -> torch.Tensor:
+    """An image file as (1, 3, R, R) in [-1, 1]: RGB, central square, resized."""
+    if path is None:
+        raise MinildmError(f"this model needs {option} IMAGE")
+    try:
+        return images.uint8_to_float(images.prepare(images.open_image(path), resolution))[None]
+    except FileNotFoundError:
+        raise MinildmError(f"{option}: no such file: {path}") from None
+    except images.UNREADABLE_ERRORS as error:
+        raise MinildmError(f"{option}: cannot read {path} as an image ({type(error).__name__})") from None
+
+
+def _inpainting_inputs(args: argparse.Namespace, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image (1, 3, R, R) and its mask (1, 1, R, R), 1 where the mask image is light."""
+    image = _read_image(args.inpaint, "--inpaint", resolution)
+    mask = (_read_image(args.mask, "--mask", resolution).mean(dim=1, keepdim=True) > 0).float()
+    if mask.sum() == 0:
+        raise MinildmError(f"the mask {args.mask} is black everywhere: paint white where to generate")
+    return image, mask
 
 
 def run_evaluate(args: argparse.Namespace, profile: Profile) -> None:
@@ -187,11 +272,29 @@ def run_evaluate(args: argparse.Namespace, profile: Profile) -> None:
                                 start=seen["start"] + seen["n"], split=seen["split"], seed=seen["seed"])
     if args.ae:
         results = autoencoder_training.evaluate_autoencoder(autoencoder, held_out.pixels)
-    else:
+    elif model.kind == "none":
         results = ldm.evaluate_ldm(model, held_out.pixels, generator=torch.Generator().manual_seed(args.seed))
+    else:
+        results = _evaluate_conditional(model, held_out, seen["dataset"] == "toyfaces", args.seed)
     results["data"] = (f"{len(held_out)} held-out images of {seen['dataset']} from index "
                        f"{seen['start'] + seen['n']}, center crop, bicubic resize to {seen['resolution']} px")
     print(json.dumps(results))
+
+
+def _evaluate_conditional(model: ldm.LatentDiffusion, held_out: data.ImageDataset, toy_faces: bool,
+                          seed: int) -> dict:
+    """Judge agreement for token models (toy faces only), PSNRs for inpainting and super-resolution."""
+    judge = load_judge() if toy_faces else None
+    if model.kind == "inpaint":
+        return evaluation.evaluate_inpainting(model, held_out.pixels, judge, seed=seed)
+    if model.kind == "superres":
+        return evaluation.evaluate_superres(model, held_out.pixels, seed=seed)
+    if judge is None:
+        raise MinildmError("conditional samples are scored by the toy-face judge, so only toy-face models; "
+                           "notebook 07 scores CelebA attributes with a classifier trained on CelebA")
+    conditions = condition_tensor(model.config.conditioning, held_out)
+    return evaluation.judge_token_model(model, judge, conditions, held_out.attributes, held_out.resolution,
+                                        ldm.DEFAULT_GUIDANCE, seed=seed)
 
 
 def _training_data(run_dir: Path) -> dict:

@@ -37,6 +37,7 @@ from minildm.config import MinildmError
 TOKEN_KINDS = ("class", "attributes", "text")  # read through cross-attention
 CONCAT_KINDS = ("inpaint", "superres")  # concatenated to the UNet's input
 KINDS = ("none", *TOKEN_KINDS, *CONCAT_KINDS)
+MIN_TEXT_LENGTH = 32  # tokens a text encoder reads at least (the start token and 31 words)
 
 
 @dataclass
@@ -240,7 +241,8 @@ def conditioning_config(kind: str, dataset, attributes: Sequence[str] | None = N
             raise MinildmError("this data set has no captions: condition on attributes instead")
         vocabulary = WordTokenizer.from_captions(dataset.captions).vocabulary
         longest = max(len(WordTokenizer.words(text)) for text in dataset.captions)
-        return ConditioningConfig(kind, names=vocabulary, max_length=longest + 1, **settings)
+        # room for prompts longer than the training captions: at least 31 words
+        return ConditioningConfig(kind, names=vocabulary, max_length=max(MIN_TEXT_LENGTH, longest + 1), **settings)
     return ConditioningConfig(kind, **settings)
 
 

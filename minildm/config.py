@@ -59,6 +59,8 @@ class DiffusionPreset:
         base_channels, channel_mult, res_blocks, attention_levels: the UNet
             (:class:`minildm.unet.UNetConfig`; the paper's CelebA-HQ model: 224, (1, 2, 3, 4),
             2, attention at 32, 16 and 8 px).
+        cross_attention_levels: the attention levels of a model conditioned through
+            cross-attention (more of them: each is a place where the UNet reads the condition).
         steps, batch_size, learning_rate: the optimisation (AdamW, warm-up then cosine decay).
         ema_decay: decay of the weights' moving average used for sampling (the paper: 0.9999).
         prediction: what the UNet predicts: ``eps`` (the paper) or ``v``. Short CPU runs use
@@ -73,6 +75,7 @@ class DiffusionPreset:
     channel_mult: tuple[int, ...]
     res_blocks: int
     attention_levels: tuple[int, ...]
+    cross_attention_levels: tuple[int, ...]
     steps: int
     batch_size: int
     learning_rate: float
@@ -110,13 +113,13 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "tiny": Profile("tiny", "toyfaces", 32, 512, 128, "cpu",
                     autoencoder=AutoencoderPreset(16, 1, False, 20, 8, 2e-3, 10, 64),
-                    diffusion=DiffusionPreset(32, (1, 2), 1, (1,), 30, 16, 1e-3, 0.9, "v", 20, 16)),
+                    diffusion=DiffusionPreset(32, (1, 2), 1, (1,), (1,), 30, 16, 1e-3, 0.9, "v", 20, 16)),
     "cpu": Profile("cpu", "toyfaces", 32, 10_000, 1_000, "cpu",
                    autoencoder=AutoencoderPreset(16, 1, False, 1600, 16, 2e-3, 10**9, 512),
-                   diffusion=DiffusionPreset(32, (1, 2, 2), 1, (2,), 700, 128, 1e-3, 0.999, "v", 700, 200)),
+                   diffusion=DiffusionPreset(32, (1, 2, 2), 1, (2,), (1, 2), 700, 128, 1e-3, 0.999, "v", 700, 200)),
     "gpu": Profile("gpu", "toyfaces", 64, 30_000, 2_000, "cuda",
                    autoencoder=AutoencoderPreset(128, 2, True, 50_000, 16, 4.5e-5, 25_000, 8192),
-                   diffusion=DiffusionPreset(128, (1, 2, 3, 4), 2, (1, 2, 3), 100_000, 64, 1e-4, 0.9999,
+                   diffusion=DiffusionPreset(128, (1, 2, 3, 4), 2, (1, 2, 3), (1, 2, 3), 100_000, 64, 1e-4, 0.9999,
                                              "eps", 20_000, 2000)),
 }
 

@@ -39,6 +39,9 @@ from minildm.sources import HUB_DATASETS, OFFLINE_HINT, DataError, read_celeba_a
 __all__ = ["HUB_DATASETS", "DataError", "ImageDataset", "describe", "load_images", "random_flip",
            "read_celeba_attributes"]
 
+CACHE_VERSION = 2  # part of every cache file name; raised when the prepared data changes (2: toy-face labels)
+
+
 @dataclass
 class ImageDataset(torch.utils.data.Dataset):
     """Prepared images with whatever labels their source has.
@@ -252,7 +255,7 @@ def _cache_key(dataset, resolution, n, start, split, seed, attributes_file) -> s
         stamp = [str(path), split, str(attributes_file), *_folder_stamp(path)]
         identity = hashlib.sha1("|".join(stamp).encode()).hexdigest()[:10]
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
-    return f"{name}-{identity}-{resolution}px-start{start}-n{n or 'all'}"
+    return f"{name}-{identity}-{resolution}px-start{start}-n{n or 'all'}-v{CACHE_VERSION}"
 
 
 def _folder_stamp(path: Path) -> list[str]:

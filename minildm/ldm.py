@@ -40,7 +40,7 @@ from minildm.train import Trainer, TrainConfig
 from minildm.unet import UNet, UNetConfig
 
 SAMPLERS = ("ddim", "ddpm")
-FIGURE_GUIDANCE = 3.0  # classifier-free guidance of the sample figures saved during training
+DEFAULT_GUIDANCE = 3.0  # classifier-free guidance scale for token-conditioned sampling (figures, CLI)
 
 
 @dataclass
@@ -255,7 +255,8 @@ def ldm_config(profile: Profile, autoencoder: Autoencoder, use_scale_factor: boo
     context = conditioning.channels if conditioning.kind in TOKEN_KINDS else None
     unet = UNetConfig(in_channels=channels + extra, out_channels=channels, base_channels=preset.base_channels,
                       channel_mult=preset.channel_mult, res_blocks=preset.res_blocks,
-                      attention_levels=preset.attention_levels, context_channels=context)
+                      attention_levels=preset.cross_attention_levels if context else preset.attention_levels,
+                      context_channels=context)
     return LDMConfig(unet, DiffusionConfig(prediction=prediction or preset.prediction), autoencoder.config,
                      use_scale_factor, conditioning)
 
@@ -342,7 +343,7 @@ def train_ldm(run_dir: str | Path, autoencoder_dir: str | Path, pixels: Tensor, 
 
     def figure_fn(modules, step):
         averaged = nn.ModuleDict({name: modules[name] for name in networks})
-        denoise = model.denoiser(figure_conditions, FIGURE_GUIDANCE if model.kind in TOKEN_KINDS else 1.0,
+        denoise = model.denoiser(figure_conditions, DEFAULT_GUIDANCE if model.kind in TOKEN_KINDS else 1.0,
                                  len(figure_noise), averaged)
         return model.decode(model.diffusion.ddim_sample(denoise, figure_noise, steps=25))
 

@@ -92,3 +92,49 @@ def test_train_ldm_sample_and_evaluate_from_the_command_line(tmp_path, capsys):
         assert main([*args, *common]) == 1
         stderr = capsys.readouterr().err
         assert stderr.startswith("minildm: error: ") and stderr.count("\n") == 1 and message in stderr, stderr
+
+
+def test_conditional_models_from_the_command_line(tmp_path, capsys):
+    """Attribute, text, inpainting and super-resolution models: train, sample, evaluate, and
+    the one-line errors of their options (in-process, for speed)."""
+    common = ("--profile", "tiny")
+    ae = tmp_path / "ae"
+    assert main(["train-ae", *common, "--n", "48", "--steps", "2", "--out", str(ae)]) == 0
+    for kind in ("attributes", "text", "inpaint", "superres"):
+        assert main(["train-ldm", *common, "--ae", str(ae), "--cond", kind, "--steps", "2",
+                     "--out", str(tmp_path / kind)]) == 0
+    face = tmp_path / "face.png"
+    Image.new("RGB", (64, 64), (200, 150, 120)).save(face)
+    mask = tmp_path / "mask.png"
+    Image.new("L", (64, 64), 0).save(mask)
+    Image.new("L", (32, 32), 255).save(tmp_path / "hole.png")
+    grid = tmp_path / "grid.png"
+    for kind, options in [("attributes", ["--attributes", "Smiling,Eyeglasses", "--guidance", "2"]),
+                          ("text", ["--prompt", "a smiling face with blond hair"]),
+                          ("inpaint", ["--inpaint", str(face), "--mask", str(tmp_path / "hole.png")]),
+                          ("superres", ["--upscale", str(face)])]:
+        capsys.readouterr()
+        assert main(["sample", *common, "--ldm", str(tmp_path / kind), "--n", "3", "--steps", "2", *options,
+                     "--out", str(grid)]) == 0, capsys.readouterr().err
+        assert Image.open(grid).size == (2 * 8 * 34, 2 * 34)  # one row (inpaint, superres: the input first)
+        assert "3 samples" in capsys.readouterr().out
+
+    capsys.readouterr()
+    assert main(["evaluate", *common, "--ldm", str(tmp_path / "superres"), "--n", "8"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["n_images"] == 8 and metrics["factor"] == 4 and "psnr_bicubic" in metrics
+
+    for args, message in [
+        (("sample", "--ldm", str(tmp_path / "text"), "--prompt", "a purple face"), "unknown word(s) 'purple'"),
+        (("sample", "--ldm", str(tmp_path / "attributes"), "--attributes", "Wings"), "unknown attribute(s) Wings"),
+        (("sample", "--ldm", str(tmp_path / "attributes"), "--prompt", "a face"), "use --attributes"),
+        (("sample", "--ldm", str(tmp_path / "inpaint")), "needs --inpaint IMAGE"),
+        (("sample", "--ldm", str(tmp_path / "inpaint"), "--inpaint", str(face), "--mask", str(mask)),
+         "black everywhere"),
+        (("sample", "--ldm", str(tmp_path / "superres"), "--upscale", str(tmp_path / "nope.png")), "no such file"),
+        (("train-ldm", "--ae", str(ae), "--cond", "class", "--attributes", "Smiling", "--out", str(tmp_path / "c")),
+         "--attributes applies to --cond attributes"),
+    ]:
+        assert main([*args, *common, "--out", str(grid)] if args[0] == "sample" else [*args, *common]) == 1
+        stderr = capsys.readouterr().err
+        assert stderr.startswith("minildm: error: ") and stderr.count("\n") == 1 and message in stderr, stderr
