@@ -155,13 +155,12 @@ def non_faces(n: int, resolution: int, seed: int) -> Tensor:
     order = torch.rand(shuffled, 16, generator=generator).argsort(dim=1)  # (n, 16) a permutation each
     tiles = tiles[torch.arange(shuffled)[:, None], order]  # (n, 16, 3, R/4, R/4)
     pairs = rearrange(faces[shuffled:], "(n two) c h w -> two n c h w", two=2)
-    p = toyfaces._drawing_params(toyfaces.sample_face_params(background, seed, start=len(faces)))
-    canvas = toyfaces.Canvas(p, resolution)
-    toyfaces.LAYERS[0](canvas, p)  # only the background layer
+    backgrounds = toyfaces.render_faces(toyfaces.sample_face_params(background, seed, start=len(faces)), resolution,
+                                        layers=toyfaces.LAYERS[:1])  # the background layer alone
     coarse, fine = (F.interpolate(torch.rand(noise, 3, side, side, generator=generator) * 2 - 1, size=resolution,
                                   mode="bicubic", align_corners=False) for side in (4, 8))  # (n, 3, R, R) each
     return torch.cat([rearrange(tiles, "n (gh gw) c h w -> n c (gh h) (gw w)", gh=4), pairs.mean(dim=0),
-                      canvas.rgb * 2 - 1, (coarse + 0.5 * fine).clamp(-1, 1)])
+                      backgrounds, (coarse + 0.5 * fine).clamp(-1, 1)])
 
 
 class ToyFaceJudge:

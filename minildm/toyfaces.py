@@ -353,15 +353,16 @@ LAYERS = (draw_background, draw_shoulders, draw_hair_back, draw_neck, draw_ears,
           draw_eyeglasses, draw_hat)  # back to front
 
 
-def render_faces(params: dict[str, np.ndarray], resolution: int) -> Tensor:
-    """Draw the faces described by `params`: float32 (N, 3, R, R) with values in [-1, 1]."""
+def render_faces(params: dict[str, np.ndarray], resolution: int, layers: Sequence = LAYERS) -> Tensor:
+    """Draw the faces described by `params`: float32 (N, 3, R, R) with values in [-1, 1].
+    ``layers`` picks what to draw, e.g. ``LAYERS[:1]`` for the backgrounds alone."""
     p = _drawing_params(params)
     n, chunk = len(params["hair"]), max(1, _PIXELS_PER_CHUNK // resolution**2)
     images = torch.empty(n, 3, resolution, resolution)
     for first in range(0, n, chunk):  # in chunks, to bound the memory at high resolution
         chunk_params = {name: value[first:first + chunk] for name, value in p.items()}
         canvas = Canvas(chunk_params, resolution)
-        for draw in LAYERS:
+        for draw in layers:
             draw(canvas, chunk_params)
         images[first:first + chunk] = canvas.rgb * 2 - 1
     return images.clamp(-1, 1)
