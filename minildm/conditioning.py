@@ -25,6 +25,7 @@ at padding, which the attention layers ignore.
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -70,18 +71,20 @@ class ConditioningConfig:
         return asdict(self)
 
 
-class ConditionEncoder(nn.Module):
+class ConditionEncoder(nn.Module, ABC):
     """Base of the encoders: ``forward(condition, drop)`` -> (tokens (B, L, D), mask (B, L)).
 
     ``drop`` (B,) bool replaces those rows by the null sequence (one learned token).
+    Each encoder defines ``encode``, the condition's own tokens and mask.
     """
 
     def __init__(self, channels: int):
         super().__init__()
         self.null_token = nn.Parameter(torch.randn(1, channels) * 0.02)
 
+    @abstractmethod
     def encode(self, condition: Tensor) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
+        """The tokens (B, L, D) and mask (B, L) of a batch of conditions."""
 
     def forward(self, condition: Tensor, drop: Tensor | None = None) -> tuple[Tensor, Tensor]:
         tokens, mask = self.encode(condition)  # (B, L, D), (B, L)

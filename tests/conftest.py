@@ -3,6 +3,10 @@
 import pytest
 import torch
 
+from minildm import autoencoder_training, toyfaces
+from minildm.config import get_profile
+from minildm.images import float_to_uint8
+
 
 @pytest.fixture
 def one_thread():
@@ -13,3 +17,15 @@ def one_thread():
     torch.manual_seed(0)
     yield
     torch.set_num_threads(threads)
+
+
+def toy_pixels(n: int, seed: int) -> torch.Tensor:
+    """``n`` toy faces of data set ``seed`` at 32 px, uint8 (n, 3, 32, 32)."""
+    return float_to_uint8(toyfaces.generate(n, resolution=32, seed=seed)[0])
+
+
+def train_tiny_autoencoder(run_dir, pixels):
+    """A KL f = 4 autoencoder trained on ``pixels`` in the tiny profile; returns it."""
+    profile = get_profile("tiny")
+    config = autoencoder_training.autoencoder_config(profile, factor=4, reg="kl")
+    return autoencoder_training.train_autoencoder(run_dir, pixels, config, profile, progress=False)

@@ -10,23 +10,20 @@ import torch
 
 from minildm import autoencoder_training as stage
 from minildm import checkpoint as ckpt
-from minildm import toyfaces
 from minildm.config import get_profile
-from minildm.images import float_to_uint8
+
+from conftest import toy_pixels, train_tiny_autoencoder
 
 
 @pytest.fixture(scope="module")
 def pixels():
-    return float_to_uint8(toyfaces.generate(48, resolution=32, seed=5)[0])
+    return toy_pixels(48, seed=5)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, pixels):
     run_dir = tmp_path_factory.mktemp("ae")
-    profile = get_profile("tiny")
-    config = stage.autoencoder_config(profile, factor=4, reg="kl")
-    autoencoder = stage.train_autoencoder(run_dir, pixels, config, profile, progress=False)
-    return run_dir, autoencoder
+    return run_dir, train_tiny_autoencoder(run_dir, pixels)
 
 
 def test_run_folder_holds_what_later_stages_need(trained, pixels):

@@ -5,23 +5,23 @@ import json
 import pytest
 import torch
 
-from minildm import autoencoder_training, checkpoint, toyfaces
+from minildm import autoencoder_training, checkpoint
 from minildm.config import get_profile
-from minildm.images import float_to_uint8, uint8_to_float
+from minildm.images import uint8_to_float
 from minildm.ldm import LatentDiffusion, evaluate_ldm, ldm_config, load_ldm, train_ldm
+
+from conftest import toy_pixels, train_tiny_autoencoder
 
 
 @pytest.fixture(scope="module")
 def pixels():
-    return float_to_uint8(toyfaces.generate(64, resolution=32, seed=8)[0])
+    return toy_pixels(64, seed=8)
 
 
 @pytest.fixture(scope="module")
 def autoencoder_dir(tmp_path_factory, pixels):
     run_dir = tmp_path_factory.mktemp("ae")
-    profile = get_profile("tiny")
-    config = autoencoder_training.autoencoder_config(profile, factor=4, reg="kl")
-    autoencoder_training.train_autoencoder(run_dir, pixels, config, profile, progress=False)
+    train_tiny_autoencoder(run_dir, pixels)
     return run_dir
 
 
