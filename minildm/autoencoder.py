@@ -14,6 +14,9 @@ The latent must be small, but also well behaved, so the paper regularises it in 
 Both share one interface: ``encode(x) -> z``, ``decode(z) -> x``, ``forward(x) ->
 (reconstruction, extras)``; :func:`build_autoencoder` picks the class from the config. The
 training objective (L1 + perceptual + patch GAN) lives in :mod:`minildm.losses`.
+
+:class:`PixelSpace` is the baseline without compression (f = 1, the image is the latent): a
+diffusion model on it is a pixel-space model, the one the paper calls LDM-1 (Sec. 4.1).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from minildm.nn import Downsample, ResBlock, SelfAttention2d, Upsample, normaliz
 # Channel multiplier per resolution level; one downsampling between consecutive levels.
 CHANNEL_MULTIPLIERS = {4: (1, 2, 4), 8: (1, 2, 4, 4), 16: (1, 1, 2, 2, 4)}
 REGULARIZERS = ("kl", "vq")
+PIXEL_SPACE = "none"  # the ``reg`` of :class:`PixelSpace`, which has factor 1
 
 
 @dataclass
@@ -63,6 +67,10 @@ class AutoencoderConfig:
     image_channels: int = 3
 
     def __post_init__(self) -> None:
+        if self.reg == PIXEL_SPACE:
+            if self.factor != 1 or self.latent_channels != self.image_channels:
+                raise ValueError("pixel space (reg 'none') has factor 1 and the image's channels")
+            return
         if self.reg not in REGULARIZERS:
             raise ValueError(f"unknown autoencoder regularisation {self.reg!r}: choose 'kl' or 'vq'")
         if self.factor not in CHANNEL_MULTIPLIERS:
@@ -323,8 +331,35 @@ class AutoencoderVQ(Autoencoder):
         return self.decoder(z_q), extras
 
 
-def build_autoencoder(config: AutoencoderConfig) -> AutoencoderKL | AutoencoderVQ:
+class PixelSpace(nn.Module):
+    """No autoencoder (f = 1): ``encode`` and ``decode`` return their input, so diffusion on
+    these "latents" is diffusion on pixels. Same interface as :class:`Autoencoder`, scale 1."""
+
+    def __init__(self, config: AutoencoderConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or pixel_space_config()
+        self.register_buffer("scale_factor", torch.tensor(1.0))
+
+    def latent_shape(self, image_size: int) -> tuple[int, int, int]:
+        return (self.config.image_channels, image_size, image_size)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return x
+
+    def decode(self, z: Tensor) -> Tensor:
+        return z
+
+
+def pixel_space_config(image_channels: int = 3) -> AutoencoderConfig:
+    """The configuration of :class:`PixelSpace`."""
+    return AutoencoderConfig(reg=PIXEL_SPACE, factor=1, base_channels=0, latent_channels=image_channels,
+                             attention=False, image_channels=image_channels)
+
+
+def build_autoencoder(config: AutoencoderConfig) -> AutoencoderKL | AutoencoderVQ | PixelSpace:
     """The autoencoder class that ``config.reg`` names."""
+    if config.reg == PIXEL_SPACE:
+        return PixelSpace(config)
     return AutoencoderKL(config) if config.reg == "kl" else AutoencoderVQ(config)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from minildm import autoencoder_training, data, evaluation, images, ldm, losses, unet, viz
+from minildm import autoencoder_training, bench, data, evaluation, images, ldm, losses, unet, viz
 from minildm.conditioning import KINDS, TOKEN_KINDS, WordTokenizer, condition_tensor, conditioning_config
 from minildm.config import MinildmError, Profile, get_profile
 from minildm.judge import load_judge
@@ -87,6 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--n", type=int, help="held-out images, and as many samples for an LDM "
                           "(default: the profile's)")
 
+    bench_parser = _command(commands, "bench", "training and sampling speed and memory: pixel DM vs LDM-4/8",
+                            run_bench)
+    bench_parser.add_argument("--resolutions", type=_integers, default=(32, 64, 128, 256),
+                              help="image sides in pixels, comma-separated (default 32,64,128,256)")
+    bench_parser.add_argument("--factors", type=_integers, default=(1, 4, 8),
+                              help="1 = pixel space, 4 and 8 = LDM-4 and LDM-8 (default 1,4,8)")
+    bench_parser.add_argument("--batch", type=int, default=16, help="batch size of every case (default 16)")
+    bench_parser.add_argument("--repeats", type=int, default=5, help="timed runs; medians are reported (default 5)")
+    bench_parser.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
+    bench_parser.add_argument("--steps", type=int, default=50, help="DDIM steps per sample (default 50)")
+    bench_parser.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    bench_parser.add_argument("--out", type=Path, default=Path("runs/bench"),
+                              help="folder for bench.md, bench.json and bench.png (default runs/bench)")
+
     demo = _command(commands, "demo", "the embedded default end to end (toy faces)", run_demo)
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the results")
     return parser
@@ -110,6 +124,13 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="train", help="split of a hub or datasets source")
     parser.add_argument("--attributes", type=Path, help="CelebA-format attribute file for an image folder")
     parser.add_argument("--refresh", action="store_true", help="prepare again, ignoring the cache")
+
+
+def _integers(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _load(args: argparse.Namespace, profile: Profile) -> data.ImageDataset:
@@ -303,6 +324,28 @@ def _training_data(run_dir: Path) -> dict:
     if not path.is_file():
         raise MinildmError(f"{run_dir} is not a run folder (no config.json)")
     return json.loads(path.read_text())["data"]
+
+
+def run_bench(args: argparse.Namespace, profile: Profile) -> None:
+    """Print the markdown table of :mod:`minildm.bench` and keep it, its numbers and a plot."""
+    if min(args.batch, args.repeats, args.steps) < 1 or args.warmup < 0:
+        raise MinildmError("--batch, --repeats and --steps must be at least 1, --warmup at least 0")
+    bench.check_sizes(args.resolutions, args.factors, profile)
+    device = torch.cuda.get_device_name() if profile.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    header = (f"minildm bench, profile {profile.name!r} on {device}, torch {torch.__version__}; UNet of the profile "
+              f"(base {profile.diffusion.base_channels}, multipliers {profile.diffusion.channel_mult}, attention at "
+              f"levels {profile.diffusion.attention_levels}); batch {args.batch}, medians of {args.repeats} runs")
+    print(header)
+    results = bench.run_bench(profile, args.resolutions, args.factors, progress=print, batch_size=args.batch,
+                              repeats=args.repeats, warmup=args.warmup, sampling_steps=args.steps,
+                              compile=args.compile)
+    table = bench.markdown_table(results, args.steps)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.md").write_text(f"{header}\n\n{table}\n")
+    (args.out / "bench.json").write_text(json.dumps({"header": header, "results": [vars(r) for r in results]},
+                                                    indent=2))
+    print(f"table, numbers and plot: {bench.plot(results, args.out / 'bench.png').parent}")
 
 
 def run_demo(args: argparse.Namespace, profile: Profile) -> None:

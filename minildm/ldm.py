@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from minildm import checkpoint as ckpt
-from minildm.autoencoder import Autoencoder, AutoencoderConfig, build_autoencoder
+from minildm.autoencoder import Autoencoder, AutoencoderConfig, PixelSpace, build_autoencoder
 from minildm.autoencoder_training import load_autoencoder
 from minildm.conditioning import CONCAT_KINDS, TOKEN_KINDS, ConditioningConfig, build_encoder, pad
 from minildm.config import MinildmError, Profile
@@ -307,13 +307,14 @@ def training_conditions(run_dir: Path, model: LatentDiffusion, pixels: Tensor, c
     return result
 
 
-def train_ldm(run_dir: str | Path, autoencoder_dir: str | Path, pixels: Tensor, profile: Profile,
+def train_ldm(run_dir: str | Path, autoencoder_dir: str | Path | None, pixels: Tensor, profile: Profile,
               steps: int | None = None, seed: int = 0, use_scale_factor: bool = True,
               prediction: str | None = None, data_description: dict | None = None,
               progress: bool = True, conditioning: ConditioningConfig | None = None,
               conditions: Tensor | None = None) -> LatentDiffusion:
     """Train (or resume) a UNet on the latents of uint8 images (N, 3, R, R); returns the model
-    with its EMA weights loaded, ready to sample.
+    with its EMA weights loaded, ready to sample. ``autoencoder_dir`` None trains on the
+    pixels themselves (:class:`minildm.autoencoder.PixelSpace`, the paper's LDM-1).
 
     ``conditioning`` makes a conditional model; token kinds need ``conditions``, one per
     image (:func:`minildm.conditioning.condition_tensor`), concat kinds make theirs from the
@@ -321,7 +322,7 @@ def train_ldm(run_dir: str | Path, autoencoder_dir: str | Path, pixels: Tensor, 
     """
     run_dir, preset = Path(run_dir), profile.diffusion
     device = torch.device(profile.device)
-    autoencoder = load_autoencoder(autoencoder_dir, device)
+    autoencoder = PixelSpace() if autoencoder_dir is None else load_autoencoder(autoencoder_dir, device)
     torch.manual_seed(seed)
     config = ldm_config(profile, autoencoder, use_scale_factor, prediction, conditioning)
     model = LatentDiffusion(config, autoencoder).to(device)
@@ -352,7 +353,7 @@ def train_ldm(run_dir: str | Path, autoencoder_dir: str | Path, pixels: Tensor, 
                                warmup_steps=min(100, steps // 10), cosine_decay=True,
                                checkpoint_every=max(1, steps // 5), figure_every=max(1, steps // 5))
     run_config = {"stage": "ldm", "model": model.config.to_dict(), "learning_rate": preset.learning_rate,
-                  "autoencoder_dir": str(autoencoder_dir), "data": data_description or {}}
+                  "autoencoder_dir": autoencoder_dir and str(autoencoder_dir), "data": data_description or {}}
     trainer = Trainer(run_dir, {**networks, "autoencoder": model.autoencoder}, {"networks": optimizer},
                       loss_fn, data, train_config, run_config, ema_of=list(networks), figure_fn=figure_fn,
                       progress=progress)

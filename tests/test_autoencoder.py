@@ -12,7 +12,8 @@ from torch.distributions import Normal, kl_divergence
 
 from minildm import toyfaces
 from minildm.autoencoder import (AutoencoderConfig, AutoencoderKL, AutoencoderVQ, DiagonalGaussian,
-                                 VectorQuantizer, build_autoencoder, measure_scale_factor)
+                                 PixelSpace, VectorQuantizer, build_autoencoder, measure_scale_factor,
+                                 pixel_space_config)
 from minildm.nn import ResBlock, SelfAttention2d, normalization
 
 
@@ -61,6 +62,15 @@ def test_config_round_trips_through_json_and_rejects_bad_values():
         AutoencoderConfig(factor=2)
     with pytest.raises(ValueError, match="unknown autoencoder regularisation 'ae'"):
         AutoencoderConfig(reg="ae")
+    with pytest.raises(ValueError, match="pixel space .* has factor 1"):
+        AutoencoderConfig(reg="none", factor=4)
+
+
+def test_pixel_space_is_the_identity_with_factor_one():
+    pixel_space = build_autoencoder(pixel_space_config())
+    x = torch.rand(2, 3, 12, 12) * 2 - 1
+    assert isinstance(pixel_space, PixelSpace) and pixel_space.latent_shape(12) == (3, 12, 12)
+    assert torch.equal(pixel_space.decode(pixel_space.encode(x)), x) and pixel_space.scale_factor.item() == 1.0
 
 
 def test_kl_matches_torch_distributions():

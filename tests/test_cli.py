@@ -36,6 +36,7 @@ def test_data_command_prints_a_summary_and_writes_a_grid(tmp_path):
     (["data", "--dataset", "no/such/folder"], "minildm: error: no such file or folder: no/such/folder"),
     (["data", "--dataset", "celeba-hq", "--n", "8"], "minildm: error: cannot reach the Hugging Face hub"),
     (["data", "--resolution", "2"], "minildm: error: resolution must be a whole number of pixels"),
+    (["bench", "--profile", "tiny", "--resolutions", "32,36"], "minildm: error: resolution 36 does not suit f = 4"),
 ])
 def test_bad_input_gives_one_line_and_status_1(tmp_path, args, message):
     result = run_minildm(*args, tmp_path=tmp_path, HF_ENDPOINT="http://127.0.0.1:9")
@@ -43,6 +44,19 @@ def test_bad_input_gives_one_line_and_status_1(tmp_path, args, message):
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith(message)
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_bench_prints_the_table_and_keeps_it_with_a_plot(tmp_path):
+    out = tmp_path / "bench"
+    result = run_minildm("bench", "--profile", "tiny", "--resolutions", "32", "--factors", "1,4", "--batch", "4",
+                         "--repeats", "1", "--warmup", "0", "--steps", "2", "--out", str(out), tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert len(rows) == 3 and rows[1].startswith("| pixel DM (f=1) | 32 | 3x32x32 |") and "| LDM-4 | 32 | 4x8x8 |" in rows[2]
+    assert (out / "bench.md").read_text().count("\n| ") == 3
+    numbers = json.loads((out / "bench.json").read_text())["results"]
+    assert [row["factor"] for row in numbers] == [1, 4] and all(row["train_images_per_s"] > 0 for row in numbers)
+    assert Image.open(out / "bench.png").size[0] > 0
 
 
 def test_unknown_profile_is_refused_by_the_parser(tmp_path):

@@ -121,3 +121,16 @@ def test_evaluation_reports_distances_and_counts(trained, pixels):
                            generator=torch.Generator().manual_seed(0))
     assert results["n_samples"] == 12 and results["n_reference"] == 20 and results["fid"] >= 0
     assert {"kid", "kid_std", "sampler", "features", "sample_images_per_s"} <= set(results)
+
+
+def test_pixel_space_model_diffuses_the_images_themselves(tmp_path, pixels):
+    model = train_ldm(tmp_path, None, pixels[:16], get_profile("tiny"), steps=2, progress=False)
+    latents = checkpoint.load(tmp_path / "latents.safetensors")[0]["latents"]
+    images = uint8_to_float(pixels[:16])
+    assert torch.equal(latents, torch.cat([images, images.flip(-1)]))  # f = 1, scale 1: the latents are pixels
+    assert model.latent_shape(32) == (3, 32, 32) and model.unet.config.in_channels == 3
+    loaded = load_ldm(tmp_path)
+    noise = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    samples = loaded.sample(2, 32, steps=3, noise=noise)
+    assert torch.allclose(samples, model.sample(2, 32, steps=3, noise=noise), atol=1e-5)
+    assert samples.shape == (2, 3, 32, 32) and samples.abs().max() <= 1

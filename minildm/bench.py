@@ -1,0 +1,225 @@
+"""What latent diffusion saves: training and sampling cost of pixel-space vs latent models.
+
+The paper's central claim (Rombach et al. 2022, Sec. 4.1 and Table 6) is that a UNet on the
+latent of an f = 4 or f = 8 autoencoder trains and samples far faster than the same UNet on
+pixels (f = 1, "LDM-1"), because every layer works on f^2 times fewer positions and the
+attention layers on f^4 times fewer pairs. This module measures that on the current device:
+
+- training: one AdamW step of the diffusion loss (LDM eq. 2) on a batch of latents, as
+  :func:`minildm.ldm.train_ldm` does it (latents are encoded once and cached, so the
+  autoencoder is not part of a step; its one-off cost is the ``encode`` column);
+- sampling: ``steps`` UNet evaluations (DDIM) plus one decoder pass per batch;
+- memory: on CUDA the peak allocated during a training step; on CPU an estimate of the same,
+  the weights, gradients and AdamW state plus the activations autograd keeps for backward.
+
+Every case uses the same UNet (the profile's widths, depth and attention levels). Times are
+medians over ``repeats`` timed runs after ``warmup`` untimed ones. On CUDA the step runs under
+bf16 autocast with channels-last tensors; attention goes through PyTorch's SDPA (flash
+attention where the GPU has it); ``compile`` adds ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from minildm.autoencoder import PixelSpace, build_autoencoder
+from minildm.autoencoder_training import autoencoder_config
+from minildm.config import MinildmError, Profile
+from minildm.diffusion import Diffusion
+from minildm.unet import UNet, UNetConfig, parameter_count
+
+MODEL_NAMES = {1: "pixel DM (f=1)", 4: "LDM-4", 8: "LDM-8"}
+
+
+@dataclass
+class BenchResult:
+    """One row of the table: a model at one resolution."""
+
+    model: str
+    factor: int
+    resolution: int
+    unet_input: str
+    parameters: int
+    train_images_per_s: float
+    sample_images_per_s: float
+    encode_images_per_s: float | None
+    memory_mb: float
+
+
+def median_seconds(run: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> float:
+    """Median wall time of ``run()`` over ``repeats`` calls after ``warmup`` untimed ones."""
+    times = []
+    for index in range(warmup + repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if index >= warmup:
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def saved_activation_bytes(run: Callable[[], Tensor]) -> int:
+    """Bytes of the tensors autograd saves for backward while ``run()`` builds its graph
+    (each storage counted once)."""
+    storages: dict[int, int] = {}
+
+    def keep(tensor: Tensor) -> Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        run()
+    return sum(storages.values())
+
+
+def bench_case(factor: int, resolution: int, profile: Profile, batch_size: int = 16, repeats: int = 5,
+               warmup: int = 2, sampling_steps: int = 50, compile: bool = False) -> BenchResult:
+    """Measure one model: the profile's UNet on pixels (``factor`` 1) or on the latents of the
+    profile's KL autoencoder with that factor, at ``resolution`` px."""
+    device = torch.device(profile.device)
+    preset = profile.diffusion
+    autoencoder = (PixelSpace() if factor == 1 else build_autoencoder(autoencoder_config(profile, factor))).to(device)
+    autoencoder.eval().requires_grad_(False)
+    channels, side, _ = autoencoder.latent_shape(resolution)
+    unet = UNet(UNetConfig(in_channels=channels, out_channels=channels, base_channels=preset.base_channels,
+                           channel_mult=preset.channel_mult, res_blocks=preset.res_blocks,
+                           attention_levels=preset.attention_levels)).to(device)
+    on_gpu = device.type == "cuda"
+    memory_format = torch.channels_last if on_gpu else torch.contiguous_format
+    unet = unet.to(memory_format=memory_format)
+    network = torch.compile(unet) if compile else unet
+    diffusion = Diffusion()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
+    latents = torch.randn(batch_size, channels, side, side, device=device).to(memory_format=memory_format)
+    images = torch.rand(batch_size, 3, resolution, resolution, device=device) * 2 - 1
+    t = torch.full((batch_size,), diffusion.timesteps // 2, device=device)
+
+    def loss() -> Tensor:
+        with torch.autocast(device.type, torch.bfloat16, enabled=on_gpu):
+            return diffusion.loss(network, latents)
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss().backward()
+        optimizer.step()
+
+    @torch.no_grad()
+    def denoise() -> Tensor:
+        with torch.autocast(device.type, torch.bfloat16, enabled=on_gpu):
+            return network(latents, t)
+
+    @torch.no_grad()
+    def decode() -> Tensor:
+        return autoencoder.decode(latents.float())
+
+    @torch.no_grad()
+    def encode() -> Tensor:
+        return autoencoder.encode(images)
+
+    train_seconds = median_seconds(train_step, repeats, warmup, device)
+    memory = training_memory_bytes(unet, loss, train_step, device)
+    sample_seconds = (sampling_steps * median_seconds(denoise, repeats, warmup, device)
+                      + median_seconds(decode, repeats, warmup, device))
+    encode_rate = None if factor == 1 else batch_size / median_seconds(encode, repeats, warmup, device)
+    return BenchResult(MODEL_NAMES.get(factor, f"LDM-{factor}"), factor, resolution, f"{channels}x{side}x{side}",
+                       parameter_count(unet), batch_size / train_seconds, batch_size / sample_seconds,
+                       encode_rate, memory / 2**20)
+
+
+def training_memory_bytes(unet: nn.Module, loss: Callable[[], Tensor], train_step: Callable[[], None],
+                          device: torch.device) -> int:
+    """Peak memory of a training step: measured on CUDA; on CPU, weights + gradients + the two
+    AdamW moments (4 copies of the parameters) + the activations saved for backward."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        train_step()
+        return torch.cuda.max_memory_allocated(device)
+    parameter_bytes = sum(p.numel() * p.element_size() for p in unet.parameters())
+    return 4 * parameter_bytes + saved_activation_bytes(loss)
+
+
+def check_sizes(resolutions: tuple[int, ...], factors: tuple[int, ...], profile: Profile) -> None:
+    """Refuse factors without an autoencoder and resolutions the models cannot take."""
+    unet_downsampling = 2 ** (len(profile.diffusion.channel_mult) - 1)
+    for factor in factors:
+        if factor not in MODEL_NAMES:
+            raise MinildmError(f"factor {factor} has no model: choose among {', '.join(map(str, MODEL_NAMES))}")
+        for resolution in resolutions:
+            if resolution % (factor * unet_downsampling):
+                raise MinildmError(f"resolution {resolution} does not suit f = {factor}: it must be a multiple "
+                                   f"of {factor * unet_downsampling} (f times the UNet's {unet_downsampling})")
+
+
+def run_bench(profile: Profile, resolutions: tuple[int, ...] = (32, 64, 128, 256),
+              factors: tuple[int, ...] = (1, 4, 8), progress: Callable[[str], None] | None = None,
+              **options) -> list[BenchResult]:
+    """:func:`bench_case` for every factor at every resolution (``options``: its keywords)."""
+    check_sizes(resolutions, factors, profile)
+    results = []
+    for resolution in resolutions:
+        for factor in factors:
+            result = bench_case(factor, resolution, profile, **options)
+            if progress:
+                progress(f"{result.model} at {resolution} px: {result.train_images_per_s:.1f} images/s")
+            results.append(result)
+    return results
+
+
+def speedups(results: list[BenchResult]) -> dict[tuple[int, int], float]:
+    """Training images/s of each model divided by the pixel model's at the same resolution,
+    keyed by (factor, resolution); empty where no pixel model was measured."""
+    pixel = {r.resolution: r.train_images_per_s for r in results if r.factor == 1}
+    return {(r.factor, r.resolution): r.train_images_per_s / pixel[r.resolution]
+            for r in results if r.resolution in pixel}
+
+
+def markdown_table(results: list[BenchResult], sampling_steps: int = 50) -> str:
+    """The results as a markdown table, with the speed-up over the pixel model."""
+    ratio = speedups(results)
+    lines = [f"| model | resolution | UNet input | train images/s | speed-up vs pixel | "
+             f"sample images/s (DDIM {sampling_steps}) | encode images/s | training memory (MB) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        speedup = f"{ratio[(r.factor, r.resolution)]:.1f}x" if (r.factor, r.resolution) in ratio else "-"
+        encode = "-" if r.encode_images_per_s is None else f"{r.encode_images_per_s:,.0f}"
+        lines.append(f"| {r.model} | {r.resolution} | {r.unet_input} | {r.train_images_per_s:,.1f} | {speedup} | "
+                     f"{r.sample_images_per_s:,.2f} | {encode} | {r.memory_mb:,.0f} |")
+    return "\n".join(lines)
+
+
+def plot(results: list[BenchResult], path: str | Path) -> Path:
+    """Training images/s and memory against resolution, one line per model (log scales)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for factor in sorted({r.factor for r in results}):
+        rows = [r for r in results if r.factor == factor]
+        sizes = [r.resolution for r in rows]
+        axes[0].plot(sizes, [r.train_images_per_s for r in rows], "o-", label=rows[0].model)
+        axes[1].plot(sizes, [r.memory_mb for r in rows], "o-", label=rows[0].model)
+    resolutions = sorted({r.resolution for r in results})
+    for axis, label in zip(axes, ("training images/s", "training memory (MB)")):
+        axis.set(xscale="log", yscale="log", xlabel="image resolution (px)", ylabel=label)
+        axis.set_xticks(resolutions, [str(size) for size in resolutions])
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
