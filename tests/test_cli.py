@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from minildm.cli import main
+from minildm.config import data_dir
 
 
 def run_minildm(*args, tmp_path, timeout=120, **env):
@@ -91,10 +92,14 @@ def test_train_ldm_sample_and_evaluate_from_the_command_line(tmp_path, capsys):
     assert result.returncode == 0, result.stderr
     assert Image.open(grid).size == (2 * 8 * 34, 2 * 34)  # one row of 8 tiles, 3 filled
 
-    result = run_minildm("evaluate", *common, "--ldm", str(ldm), "--n", "8", tmp_path=tmp_path)
+    # the usual data folder, where the toy-face judge is cached once for every test
+    result = run_minildm("evaluate", *common, "--ldm", str(ldm), "--n", "8", tmp_path=tmp_path,
+                         timeout=300, MINILDM_DATA_DIR=str(data_dir()))
     assert result.returncode == 0, result.stderr
     metrics = json.loads(result.stdout)
     assert metrics["n_samples"] == 8 and "held-out images of toyfaces" in metrics["data"]
+    assert metrics["fid"] > 0 and metrics["toyface_fid"] > 0 and metrics["toyface_kid_std"] >= 0
+    assert metrics["toyface_features"].startswith("toy-face judge, 64-d")
 
     for args, message in [  # in-process: the same main() as python -m minildm, without the start-up
         (("sample", "--ldm", str(ae), "--out", str(grid)), "not a latent diffusion model"),

@@ -8,8 +8,9 @@ from einops import rearrange
 from minildm import checkpoint, judge, toyfaces
 from minildm.config import MinildmError
 from minildm.images import float_to_uint8
-from minildm.judge import (JUDGE_FILE, OUTPUTS, AttributeClassifier, ToyFaceJudge, load_judge, non_faces,
-                           train_attribute_classifier)
+from minildm.judge import (JUDGE_FILE, OUTPUTS, AttributeClassifier, ToyFaceFeatures, ToyFaceJudge, load_judge,
+                           non_faces, train_attribute_classifier)
+from minildm.metrics import feature_distances
 
 FRESH_SEED = 31_337  # a toy-face data set that the judge never trains on
 COLUMN = {name: k for k, name in enumerate(toyfaces.ATTRIBUTES)}
@@ -205,3 +206,15 @@ def test_wrong_inputs_raise_minildm_errors(fake_judge):
         fake.agreement(images, predicted[:, :1], columns=["Moustache"])
     with pytest.raises(MinildmError, match="multiple of 4"):
         non_faces(4, 30, seed=0)
+
+
+def test_toy_face_distances_rank_fresh_faces_above_hatless_faces_and_non_faces(trained_judge, fresh_faces):
+    images, attributes = fresh_faces
+    features = ToyFaceFeatures(trained_judge)
+    assert torch.equal(features(images[:8]), trained_judge.features(images[:8]))
+    assert features.description.startswith("toy-face judge, 64-d")
+    reference, same = features(images[:500]), features(images[500:])
+    hatless = features(images[500:][~attributes[500:, COLUMN["Wearing_Hat"]]])
+    strangers = features(non_faces(500, 32, seed=FRESH_SEED))
+    scores = [feature_distances(reference, other)["fid"] for other in (same, hatless, strangers)]
+    assert scores[0] < scores[1] < scores[2], scores  # a shifted attribute costs less than no faces at all

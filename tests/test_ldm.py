@@ -7,7 +7,8 @@ import torch
 
 from minildm import autoencoder_training, checkpoint
 from minildm.config import get_profile
-from minildm.images import uint8_to_float
+from minildm.images import float_to_uint8, uint8_to_float
+from minildm.metrics import frechet_distance
 from minildm.ldm import LatentDiffusion, evaluate_ldm, ldm_config, load_ldm, train_ldm
 
 from conftest import toy_pixels, train_tiny_autoencoder
@@ -117,10 +118,18 @@ def test_evaluation_reports_distances_and_counts(trained, pixels):
     def tiny_features(images):  # 4x4 average colours: a cheap stand-in for Inception
         return torch.nn.functional.avg_pool2d(images.float(), 8).flatten(1)
 
+    def mean_colour(images):
+        return images.float().mean(dim=(2, 3))
+
+    mean_colour.description = "mean colour"
     results = evaluate_ldm(model, pixels[:20], n_samples=12, steps=3, features=tiny_features,
-                           generator=torch.Generator().manual_seed(0))
+                           generator=torch.Generator().manual_seed(0), extra_features={"colour": mean_colour})
     assert results["n_samples"] == 12 and results["n_reference"] == 20 and results["fid"] >= 0
     assert {"kid", "kid_std", "sampler", "features", "sample_images_per_s"} <= set(results)
+    # the extra distances are those of the same samples: colour means are 4x4 means averaged
+    samples = model.sample(12, 32, "ddim", 3, generator=torch.Generator().manual_seed(0))
+    expected = frechet_distance(mean_colour(pixels[:20]), mean_colour(float_to_uint8(samples)))
+    assert results["colour_fid"] == pytest.approx(expected, abs=1e-3) and results["colour_features"] == "mean colour"
 
 
 def test_pixel_space_model_diffuses_the_images_themselves(tmp_path, pixels):
