@@ -10,7 +10,10 @@ attention layers on f^4 times fewer pairs. This module measures that on the curr
   autoencoder is not part of a step; its one-off cost is the ``encode`` column);
 - sampling: ``steps`` UNet evaluations (DDIM) plus one decoder pass per batch;
 - memory: on CUDA the peak allocated during a training step; on CPU an estimate of the same,
-  the weights, gradients and AdamW state plus the activations autograd keeps for backward.
+  the weights, gradients and AdamW state plus the activations autograd keeps for backward
+  (measured on one image, times the batch). A CPU case whose estimate exceeds the memory
+  available is skipped, and a CUDA case that runs out of memory is reported as such, so a
+  laptop gets a table with a note instead of a process killed by the system.
 
 Every case uses the same UNet (the profile's widths, depth and attention levels). Times are
 medians over ``repeats`` timed runs after ``warmup`` untimed ones. On CUDA the step runs under
@@ -20,14 +23,17 @@ attention where the GPU has it); ``compile`` adds ``torch.compile``.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import torch
-from torch import Tensor, nn
+from matplotlib.figure import Figure
+from torch import Tensor
 
 from minildm.autoencoder import PixelSpace, build_autoencoder
 from minildm.autoencoder_training import autoencoder_config
@@ -51,6 +57,7 @@ class BenchResult:
     sample_images_per_s: float
     encode_images_per_s: float | None
     memory_mb: float
+    note: str = ""
 
 
 def median_seconds(run: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> float:
@@ -127,26 +134,47 @@ def bench_case(factor: int, resolution: int, profile: Profile, batch_size: int =
     def encode() -> Tensor:
         return autoencoder.encode(images)
 
-    train_seconds = median_seconds(train_step, repeats, warmup, device)
-    memory = training_memory_bytes(unet, loss, train_step, device)
-    sample_seconds = (sampling_steps * median_seconds(denoise, repeats, warmup, device)
-                      + median_seconds(decode, repeats, warmup, device))
-    encode_rate = None if factor == 1 else batch_size / median_seconds(encode, repeats, warmup, device)
-    return BenchResult(MODEL_NAMES.get(factor, f"LDM-{factor}"), factor, resolution, f"{channels}x{side}x{side}",
-                       parameter_count(unet), batch_size / train_seconds, batch_size / sample_seconds,
-                       encode_rate, memory / 2**20)
+    name, unet_input = MODEL_NAMES.get(factor, f"LDM-{factor}"), f"{channels}x{side}x{side}"
+    parameters = parameter_count(unet)
+    if not on_gpu:
+        parameter_bytes = sum(p.numel() * p.element_size() for p in unet.parameters())
+        one_image = latents[:1]
+        memory = 4 * parameter_bytes + batch_size * saved_activation_bytes(lambda: diffusion.loss(network, one_image))
+        available = psutil.virtual_memory().available
+        if memory > available / 2:  # the math attention kernel also needs room for its temporaries
+            return skipped(name, factor, resolution, unet_input, parameters, memory,
+                           f"skipped: needs about {memory / 2**30:.1f} GiB, {available / 2**30:.1f} GiB available")
+    try:
+        train_seconds = median_seconds(train_step, repeats, warmup, device)
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats(device)
+            train_step()
+            memory = torch.cuda.max_memory_allocated(device)
+        sample_seconds = (sampling_steps * median_seconds(denoise, repeats, warmup, device)
+                          + median_seconds(decode, repeats, warmup, device))
+        encode_rate = None if factor == 1 else batch_size / median_seconds(encode, repeats, warmup, device)
+    except torch.cuda.OutOfMemoryError:
+        optimizer.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+        return skipped(name, factor, resolution, unet_input, parameters, math.nan, "out of GPU memory")
+    return BenchResult(name, factor, resolution, unet_input, parameters, batch_size / train_seconds,
+                       batch_size / sample_seconds, encode_rate, memory / 2**20)
 
 
-def training_memory_bytes(unet: nn.Module, loss: Callable[[], Tensor], train_step: Callable[[], None],
-                          device: torch.device) -> int:
-    """Peak memory of a training step: measured on CUDA; on CPU, weights + gradients + the two
-    AdamW moments (4 copies of the parameters) + the activations saved for backward."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        train_step()
-        return torch.cuda.max_memory_allocated(device)
-    parameter_bytes = sum(p.numel() * p.element_size() for p in unet.parameters())
-    return 4 * parameter_bytes + saved_activation_bytes(loss)
+def skipped(name: str, factor: int, resolution: int, unet_input: str, parameters: int, memory: float,
+            note: str) -> BenchResult:
+    """A row for a case that was not timed, saying why."""
+    return BenchResult(name, factor, resolution, unet_input, parameters, math.nan, math.nan, None,
+                       memory / 2**20, note)
+
+
+def steps_for_budget(factor: int, resolution: int, profile: Profile, seconds: float, multiple: int = 10) -> int:
+    """Training steps (at the profile's batch size) that fit in ``seconds`` for the model of
+    ``factor``, from a measured step time, rounded down to a ``multiple`` (at least one)."""
+    batch_size = profile.diffusion.batch_size
+    rate = bench_case(factor, resolution, profile, batch_size, repeats=3, warmup=1, sampling_steps=1)
+    steps = int(seconds * rate.train_images_per_s / batch_size)
+    return max(multiple, steps // multiple * multiple)
 
 
 def check_sizes(resolutions: tuple[int, ...], factors: tuple[int, ...], profile: Profile) -> None:
@@ -171,17 +199,18 @@ def run_bench(profile: Profile, resolutions: tuple[int, ...] = (32, 64, 128, 256
         for factor in factors:
             result = bench_case(factor, resolution, profile, **options)
             if progress:
-                progress(f"{result.model} at {resolution} px: {result.train_images_per_s:.1f} images/s")
+                progress(f"{result.model} at {resolution} px: "
+                         + (result.note or f"{result.train_images_per_s:.1f} images/s"))
             results.append(result)
     return results
 
 
 def speedups(results: list[BenchResult]) -> dict[tuple[int, int], float]:
     """Training images/s of each model divided by the pixel model's at the same resolution,
-    keyed by (factor, resolution); empty where no pixel model was measured."""
-    pixel = {r.resolution: r.train_images_per_s for r in results if r.factor == 1}
+    keyed by (factor, resolution); left out where either was not measured."""
+    pixel = {r.resolution: r.train_images_per_s for r in results if r.factor == 1 and not r.note}
     return {(r.factor, r.resolution): r.train_images_per_s / pixel[r.resolution]
-            for r in results if r.resolution in pixel}
+            for r in results if r.resolution in pixel and not r.note}
 
 
 def markdown_table(results: list[BenchResult], sampling_steps: int = 50) -> str:
@@ -193,33 +222,33 @@ def markdown_table(results: list[BenchResult], sampling_steps: int = 50) -> str:
     for r in results:
         speedup = f"{ratio[(r.factor, r.resolution)]:.1f}x" if (r.factor, r.resolution) in ratio else "-"
         encode = "-" if r.encode_images_per_s is None else f"{r.encode_images_per_s:,.0f}"
-        lines.append(f"| {r.model} | {r.resolution} | {r.unet_input} | {r.train_images_per_s:,.1f} | {speedup} | "
-                     f"{r.sample_images_per_s:,.2f} | {encode} | {r.memory_mb:,.0f} |")
+        train, sample = (r.note, "-") if r.note else (f"{r.train_images_per_s:,.1f}", f"{r.sample_images_per_s:,.2f}")
+        memory = "-" if math.isnan(r.memory_mb) else f"{r.memory_mb:,.0f}"
+        lines.append(f"| {r.model} | {r.resolution} | {r.unet_input} | {train} | {speedup} | {sample} | {encode} | "
+                     f"{memory} |")
     return "\n".join(lines)
 
 
-def plot(results: list[BenchResult], path: str | Path) -> Path:
-    """Training images/s and memory against resolution, one line per model (log scales)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+def plot(results: list[BenchResult]) -> Figure:
+    """Training images/s and memory against resolution, one line per model (log scales);
+    cases that were not measured are left out."""
+    figure = Figure(figsize=(10, 4))
+    axes = figure.subplots(1, 2)
     for factor in sorted({r.factor for r in results}):
         rows = [r for r in results if r.factor == factor]
-        sizes = [r.resolution for r in rows]
-        axes[0].plot(sizes, [r.train_images_per_s for r in rows], "o-", label=rows[0].model)
-        axes[1].plot(sizes, [r.memory_mb for r in rows], "o-", label=rows[0].model)
+        timed = [r for r in rows if not r.note]
+        sized = [r for r in rows if not math.isnan(r.memory_mb)]
+        for axis, points in ((axes[0], [(r.resolution, r.train_images_per_s) for r in timed]),
+                             (axes[1], [(r.resolution, r.memory_mb) for r in sized])):
+            if points:
+                axis.plot(*zip(*points), "o-", label=rows[0].model)
     resolutions = sorted({r.resolution for r in results})
     for axis, label in zip(axes, ("training images/s", "training memory (MB)")):
-        axis.set(xscale="log", yscale="log", xlabel="image resolution (px)", ylabel=label)
+        axis.set(xscale="log", xlabel="image resolution (px)", ylabel=label)
         axis.set_xticks(resolutions, [str(size) for size in resolutions])
         axis.grid(alpha=0.3)
-        axis.legend()
+        if axis.lines:
+            axis.set_yscale("log")
+            axis.legend()
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return figure

@@ -16,7 +16,7 @@ import torch
 
 from minildm import autoencoder_training, bench, data, evaluation, images, ldm, losses, unet, viz
 from minildm.conditioning import KINDS, TOKEN_KINDS, WordTokenizer, condition_tensor, conditioning_config
-from minildm.config import MinildmError, Profile, get_profile
+from minildm.config import PROFILES, MinildmError, Profile, get_profile
 from minildm.judge import ToyFaceFeatures, load_judge
 
 
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _command(commands, name: str, help_text: str, run) -> argparse.ArgumentParser:
     parser = commands.add_parser(name, help=help_text, description=help_text)
-    parser.add_argument("--profile", choices=["tiny", "cpu", "gpu"],
+    parser.add_argument("--profile", choices=list(PROFILES),
                         help="sizes for this machine (default: MINILDM_PROFILE, else gpu if CUDA else cpu)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.set_defaults(run=run)
@@ -347,7 +347,8 @@ def run_bench(args: argparse.Namespace, profile: Profile) -> None:
     (args.out / "bench.md").write_text(f"{header}\n\n{table}\n")
     (args.out / "bench.json").write_text(json.dumps({"header": header, "results": [vars(r) for r in results]},
                                                     indent=2))
-    print(f"table, numbers and plot: {bench.plot(results, args.out / 'bench.png').parent}")
+    bench.plot(results).savefig(args.out / "bench.png", dpi=100)
+    print(f"table, numbers and plot: {args.out}")
 
 
 def run_demo(args: argparse.Namespace, profile: Profile) -> None:

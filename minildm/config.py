@@ -6,6 +6,8 @@ The same notebooks and commands run on three kinds of machine:
   models, a few steps, about a minute per notebook on 2 CPU cores.
 - ``cpu``: a laptop without a GPU; results a person would call good in minutes.
 - ``gpu``: one GPU; real faces or scenes at 64 to 256 px, the paper's recipes scaled down.
+- ``celebahq256`` and ``churches256``: one-GPU recipes for the paper's CelebA-HQ (LDM-4) and
+  LSUN churches (LDM-8) models at 256 px; README's "Training on one GPU" gives the commands.
 
 The profile is chosen by ``--profile`` on the command line or the ``MINILDM_PROFILE``
 environment variable; without either, ``gpu`` when CUDA is available, else ``cpu``.
@@ -121,6 +123,16 @@ PROFILES: dict[str, Profile] = {
                    autoencoder=AutoencoderPreset(128, 2, True, 50_000, 16, 4.5e-5, 25_000, 8192),
                    diffusion=DiffusionPreset(128, (1, 2, 3, 4), 2, (1, 2, 3), (1, 2, 3), 100_000, 64, 1e-4, 0.9999,
                                              "eps", 20_000, 2000)),
+    # One-GPU recipes after the paper's 256 px models (Table 1), scaled to one GPU and days, not weeks:
+    # CelebA-HQ with LDM-4 (train-ae --factor 4) and LSUN churches with LDM-8 (train-ae --factor 8).
+    "celebahq256": Profile("celebahq256", "celeba-hq", 256, 26_000, 2_000, "cuda",
+                           autoencoder=AutoencoderPreset(128, 2, True, 60_000, 12, 4.5e-5, 30_000, 8192),
+                           diffusion=DiffusionPreset(192, (1, 2, 3, 4), 2, (1, 2, 3), (1, 2, 3), 150_000, 48, 9.6e-5,
+                                                     0.9999, "eps", 20_000, 5000)),
+    "churches256": Profile("churches256", "lsun-churches", 256, 50_000, 2_000, "cuda",
+                           autoencoder=AutoencoderPreset(128, 2, True, 60_000, 12, 4.5e-5, 30_000, 8192),
+                           diffusion=DiffusionPreset(192, (1, 2, 2, 4), 2, (0, 1, 2, 3), (0, 1, 2, 3), 150_000, 64,
+                                                     5e-5, 0.9999, "eps", 20_000, 5000)),
 }
 
 
@@ -139,7 +151,7 @@ def get_profile(name: str | None = None) -> Profile:
         raise MinildmError(f"unknown profile {name!r}: choose one of {', '.join(PROFILES)}")
     profile = PROFILES[name]
     if profile.device == "cuda" and not torch.cuda.is_available():
-        raise MinildmError("profile 'gpu' needs CUDA, and no GPU is visible: use --profile cpu")
+        raise MinildmError(f"profile {name!r} needs CUDA, and no GPU is visible: use --profile cpu")
     return profile
 
 

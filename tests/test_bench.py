@@ -1,12 +1,15 @@
 """The benchmark of pixel vs latent diffusion: what it measures and how it reports it."""
 
+import math
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from minildm import bench
 from minildm.bench import (BenchResult, check_sizes, markdown_table, median_seconds, run_bench,
-                           saved_activation_bytes, speedups)
+                           saved_activation_bytes, speedups, steps_for_budget)
 from minildm.config import MinildmError, get_profile
 
 
@@ -58,3 +61,18 @@ def test_sizes_the_models_cannot_take_are_refused():
         check_sizes((32,), (2,), profile)
     check_sizes((32, 64), (1, 4, 8), profile)
 
+
+
+def test_steps_for_budget_follow_the_measured_speed():
+    profile = get_profile("tiny")
+    pixel, latent = (steps_for_budget(factor, 32, profile, seconds=5.0, multiple=1) for factor in (1, 4))
+    assert 1 <= pixel < latent / 2  # in the same time the latent model takes several times more steps
+    assert steps_for_budget(1, 32, profile, seconds=0.0) == 10  # never fewer than one multiple
+
+
+def test_a_case_too_big_for_the_free_memory_is_skipped_with_a_note(monkeypatch):
+    monkeypatch.setattr(bench.psutil, "virtual_memory", lambda: SimpleNamespace(available=2**20))  # 1 MiB free
+    row, = run_bench(get_profile("tiny"), (32,), (1,), batch_size=2, repeats=1, warmup=0, sampling_steps=1)
+    assert row.note.startswith("skipped: needs about") and math.isnan(row.train_images_per_s)
+    assert row.memory_mb > 1  # the estimate that did not fit
+    assert f"| pixel DM (f=1) | 32 | 3x32x32 | {row.note} | - | - | - |" in markdown_table([row])
