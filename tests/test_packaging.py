@@ -13,6 +13,8 @@ import yaml
 
 from minildm import config
 from minildm.config import MinildmError, get_profile
+from minildm.sources import HUB_DATASETS
+from minildm.unet import UNet, UNetConfig, parameter_count
 
 ROOT = Path(__file__).resolve().parent.parent
 CONDA_NAMES = {"torch": "pytorch"}  # PyPI name -> conda-forge name where they differ
@@ -50,7 +52,7 @@ def test_profile_from_environment_and_argument(monkeypatch):
     assert get_profile("tiny").name == "tiny"
     monkeypatch.delenv(config.PROFILE_ENV)
     assert get_profile().name == ("gpu" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(MinildmError, match="unknown profile 'huge': choose one of tiny, cpu, gpu"):
+    with pytest.raises(MinildmError, match="unknown profile 'huge': choose one of tiny, cpu, gpu, celebahq256, churches256"):
         get_profile("huge")
 
 
@@ -58,6 +60,21 @@ def test_profile_from_environment_and_argument(monkeypatch):
 def test_gpu_profile_without_cuda_says_what_to_do():
     with pytest.raises(MinildmError, match="needs CUDA.*--profile cpu"):
         get_profile("gpu")
+    with pytest.raises(MinildmError, match="profile 'churches256' needs CUDA"):
+        get_profile("churches256")
+
+
+@pytest.mark.parametrize("name, factor, unet_millions", [("celebahq256", 4, 209.9), ("churches256", 8, 178.1)])
+def test_gpu_recipes_fit_their_latents_and_the_sizes_the_readme_quotes(name, factor, unet_millions):
+    profile = config.PROFILES[name]
+    assert profile.dataset in HUB_DATASETS and profile.resolution == 256
+    preset = profile.diffusion
+    side = profile.resolution // factor  # LDM-4: 64 x 64 latents, LDM-8: 32 x 32
+    with torch.device("meta"):  # sizes without allocating 200 M parameters
+        unet = UNet(UNetConfig(4, 4, preset.base_channels, preset.channel_mult, preset.res_blocks,
+                               preset.attention_levels))
+    assert side % unet.downsampling == 0 and max(preset.attention_levels) < len(preset.channel_mult)
+    assert parameter_count(unet) / 1e6 == pytest.approx(unet_millions, abs=0.05)
 
 
 def test_tiny_profile_is_smallest():
