@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import time
 
 import diffusers
 import torch
@@ -45,6 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from minildm.bench import elapsed_seconds
+from minildm.cli import integer_list
 from minildm.config import PROFILES
 from minildm.nn import MAX_GROUPS
 from minildm.unet import UNet, UNetConfig, parameter_count
@@ -142,14 +143,9 @@ def time_training_steps(models: dict[str, nn.Module], batch: int, shape: tuple[i
     for step in range(warmup + repeats):
         x, t, target = random_batch(batch, shape, device)
         for name, model in models.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            training_step(model, optimizers[name], x, t, target, bf16)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            elapsed = elapsed_seconds(lambda: training_step(model, optimizers[name], x, t, target, bf16), device)
             if step >= warmup:
-                seconds[name].append(time.perf_counter() - start)
+                seconds[name].append(elapsed)
     return {name: statistics.median(times) for name, times in seconds.items()}
 
 
@@ -163,18 +159,14 @@ def markdown_table(parameters: dict[str, int], flops: dict[str, int], medians: d
     return "\n".join(rows)
 
 
-def int_tuple(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in text.split(",") if part.strip())
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     preset = CPU_PROFILE.diffusion
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--channels", type=int, default=preset.base_channels, help="base channels")
-    parser.add_argument("--mult", type=int_tuple, default=preset.channel_mult, help="channel multipliers, e.g. 1,2,2")
+    parser.add_argument("--mult", type=integer_list, default=preset.channel_mult, help="channel multipliers, e.g. 1,2,2")
     parser.add_argument("--res-blocks", type=int, default=preset.res_blocks, help="ResBlocks per level going down")
-    parser.add_argument("--attention", type=int_tuple, default=preset.attention_levels,
+    parser.add_argument("--attention", type=integer_list, default=preset.attention_levels,
                         help="levels with self-attention, e.g. 1,2 (0 = full resolution)")
     parser.add_argument("--resolution", type=int, default=CPU_PROFILE.resolution // LATENT_FACTOR,
                         help="latent side")

@@ -28,7 +28,6 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import psutil
 import torch
@@ -60,19 +59,22 @@ class BenchResult:
     note: str = ""
 
 
+def elapsed_seconds(run: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one call of ``run()``; on CUDA, queued GPU work is waited for on both sides."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
+
+
 def median_seconds(run: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> float:
     """Median wall time of ``run()`` over ``repeats`` calls after ``warmup`` untimed ones."""
-    times = []
-    for index in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
+    for _ in range(warmup):
         run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if index >= warmup:
-            times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return statistics.median(elapsed_seconds(run, device) for _ in range(repeats))
 
 
 def saved_activation_bytes(run: Callable[[], Tensor]) -> int:
@@ -90,10 +92,27 @@ def saved_activation_bytes(run: Callable[[], Tensor]) -> int:
     return sum(storages.values())
 
 
-def bench_case(factor: int, resolution: int, profile: Profile, batch_size: int = 16, repeats: int = 5,
-               warmup: int = 2, sampling_steps: int = 50, compile: bool = False) -> BenchResult:
-    """Measure one model: the profile's UNet on pixels (``factor`` 1) or on the latents of the
-    profile's KL autoencoder with that factor, at ``resolution`` px."""
+@dataclass
+class Case:
+    """One model set up for timing. ``train_step`` runs an AdamW step on the batch,
+    ``one_image_loss`` builds the loss graph of one image (for the memory estimate),
+    ``denoise`` is one UNet evaluation of the batch, ``decode`` and ``encode`` one pass of the
+    autoencoder (``encode`` is None in pixel space)."""
+
+    name: str
+    unet_input: str
+    unet: UNet
+    device: torch.device
+    train_step: Callable[[], None]
+    one_image_loss: Callable[[], Tensor]
+    denoise: Callable[[], Tensor]
+    decode: Callable[[], Tensor]
+    encode: Callable[[], Tensor] | None
+
+
+def prepare_case(factor: int, resolution: int, profile: Profile, batch_size: int, compile: bool = False) -> Case:
+    """The profile's UNet on pixels (``factor`` 1) or on the latents of the profile's KL
+    autoencoder with that factor, at ``resolution`` px, with random data of ``batch_size``."""
     device = torch.device(profile.device)
     preset = profile.diffusion
     autoencoder = (PixelSpace() if factor == 1 else build_autoencoder(autoencoder_config(profile, factor))).to(device)
@@ -112,13 +131,11 @@ def bench_case(factor: int, resolution: int, profile: Profile, batch_size: int =
     images = torch.rand(batch_size, 3, resolution, resolution, device=device) * 2 - 1
     t = torch.full((batch_size,), diffusion.timesteps // 2, device=device)
 
-    def loss() -> Tensor:
-        with torch.autocast(device.type, torch.bfloat16, enabled=on_gpu):
-            return diffusion.loss(network, latents)
-
     def train_step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss().backward()
+        with torch.autocast(device.type, torch.bfloat16, enabled=on_gpu):
+            loss = diffusion.loss(network, latents)
+        loss.backward()
         optimizer.step()
 
     @torch.no_grad()
@@ -134,46 +151,51 @@ def bench_case(factor: int, resolution: int, profile: Profile, batch_size: int =
     def encode() -> Tensor:
         return autoencoder.encode(images)
 
-    name, unet_input = MODEL_NAMES.get(factor, f"LDM-{factor}"), f"{channels}x{side}x{side}"
-    parameters = parameter_count(unet)
-    if not on_gpu:
-        parameter_bytes = sum(p.numel() * p.element_size() for p in unet.parameters())
-        one_image = latents[:1]
-        memory = 4 * parameter_bytes + batch_size * saved_activation_bytes(lambda: diffusion.loss(network, one_image))
+    return Case(MODEL_NAMES.get(factor, f"LDM-{factor}"), f"{channels}x{side}x{side}", unet, device, train_step,
+                lambda: diffusion.loss(network, latents[:1]), denoise, decode, None if factor == 1 else encode)
+
+
+def bench_case(factor: int, resolution: int, profile: Profile, batch_size: int = 16, repeats: int = 5,
+               warmup: int = 2, sampling_steps: int = 50, compile: bool = False) -> BenchResult:
+    """Measure one model of :func:`prepare_case`: training and sampling speed, memory."""
+    case = prepare_case(factor, resolution, profile, batch_size, compile)
+    device, parameters = case.device, parameter_count(case.unet)
+    if device.type != "cuda":
+        parameter_bytes = sum(p.numel() * p.element_size() for p in case.unet.parameters())
+        memory = 4 * parameter_bytes + batch_size * saved_activation_bytes(case.one_image_loss)
         available = psutil.virtual_memory().available
         if memory > available / 2:  # the math attention kernel also needs room for its temporaries
-            return skipped(name, factor, resolution, unet_input, parameters, memory,
+            return skipped(case, factor, resolution, parameters, memory,
                            f"skipped: needs about {memory / 2**30:.1f} GiB, {available / 2**30:.1f} GiB available")
     try:
-        train_seconds = median_seconds(train_step, repeats, warmup, device)
-        if on_gpu:
+        train_seconds = median_seconds(case.train_step, repeats, warmup, device)
+        if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-            train_step()
+            case.train_step()
             memory = torch.cuda.max_memory_allocated(device)
-        sample_seconds = (sampling_steps * median_seconds(denoise, repeats, warmup, device)
-                          + median_seconds(decode, repeats, warmup, device))
-        encode_rate = None if factor == 1 else batch_size / median_seconds(encode, repeats, warmup, device)
+        sample_seconds = (sampling_steps * median_seconds(case.denoise, repeats, warmup, device)
+                          + median_seconds(case.decode, repeats, warmup, device))
+        encode_rate = None if case.encode is None else batch_size / median_seconds(case.encode, repeats, warmup,
+                                                                                    device)
     except torch.cuda.OutOfMemoryError:
-        optimizer.zero_grad(set_to_none=True)
+        case.unet.zero_grad(set_to_none=True)
         torch.cuda.empty_cache()
-        return skipped(name, factor, resolution, unet_input, parameters, math.nan, "out of GPU memory")
-    return BenchResult(name, factor, resolution, unet_input, parameters, batch_size / train_seconds,
+        return skipped(case, factor, resolution, parameters, math.nan, "out of GPU memory")
+    return BenchResult(case.name, factor, resolution, case.unet_input, parameters, batch_size / train_seconds,
                        batch_size / sample_seconds, encode_rate, memory / 2**20)
 
 
-def skipped(name: str, factor: int, resolution: int, unet_input: str, parameters: int, memory: float,
-            note: str) -> BenchResult:
+def skipped(case: Case, factor: int, resolution: int, parameters: int, memory: float, note: str) -> BenchResult:
     """A row for a case that was not timed, saying why."""
-    return BenchResult(name, factor, resolution, unet_input, parameters, math.nan, math.nan, None,
+    return BenchResult(case.name, factor, resolution, case.unet_input, parameters, math.nan, math.nan, None,
                        memory / 2**20, note)
 
 
 def steps_for_budget(factor: int, resolution: int, profile: Profile, seconds: float, multiple: int = 10) -> int:
     """Training steps (at the profile's batch size) that fit in ``seconds`` for the model of
     ``factor``, from a measured step time, rounded down to a ``multiple`` (at least one)."""
-    batch_size = profile.diffusion.batch_size
-    rate = bench_case(factor, resolution, profile, batch_size, repeats=3, warmup=1, sampling_steps=1)
-    steps = int(seconds * rate.train_images_per_s / batch_size)
+    case = prepare_case(factor, resolution, profile, profile.diffusion.batch_size)
+    steps = int(seconds / median_seconds(case.train_step, repeats=3, warmup=1, device=case.device))
     return max(multiple, steps // multiple * multiple)
 
 

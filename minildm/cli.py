@@ -89,9 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_parser = _command(commands, "bench", "training and sampling speed and memory: pixel DM vs LDM-4/8",
                             run_bench)
-    bench_parser.add_argument("--resolutions", type=_integers, default=(32, 64, 128, 256),
+    bench_parser.add_argument("--resolutions", type=integer_list, default=(32, 64, 128, 256),
                               help="image sides in pixels, comma-separated (default 32,64,128,256)")
-    bench_parser.add_argument("--factors", type=_integers, default=(1, 4, 8),
+    bench_parser.add_argument("--factors", type=integer_list, default=(1, 4, 8),
                               help="1 = pixel space, 4 and 8 = LDM-4 and LDM-8 (default 1,4,8)")
     bench_parser.add_argument("--batch", type=int, default=16, help="batch size of every case (default 16)")
     bench_parser.add_argument("--repeats", type=int, default=5, help="timed runs; medians are reported (default 5)")
@@ -126,7 +126,8 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refresh", action="store_true", help="prepare again, ignoring the cache")
 
 
-def _integers(text: str) -> tuple[int, ...]:
+def integer_list(text: str) -> tuple[int, ...]:
+    """An argparse type: "32,64" -> (32, 64)."""
     try:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
