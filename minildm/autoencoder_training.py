@@ -46,7 +46,8 @@ def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, config: Autoenc
     device = torch.device(profile.device)
     torch.manual_seed(seed)
     autoencoder = build_autoencoder(config).to(device)
-    loss_config = losses.LossConfig.from_autoencoder(config, disc_start=preset.disc_start)
+    loss_config = losses.LossConfig.from_autoencoder(config, disc_start=preset.disc_start,
+                                                   l2_weight=preset.l2_weight)
     objective = losses.AutoencoderLoss(loss_config, perceptual).to(device)
     optimizers = {
         "autoencoder": torch.optim.Adam([*autoencoder.parameters(), *objective.generator_parameters()],

@@ -41,6 +41,8 @@ class AutoencoderPreset:
         steps, batch_size, learning_rate: the optimisation (Adam, betas (0.5, 0.9)).
         disc_start: step at which the patch GAN switches on (beyond ``steps``: never).
         codebook_size: entries of the VQ codebook (the paper's VQ-f4: 8192).
+        l2_weight: weight of a squared-error term in the reconstruction loss (the paper: none;
+            see :class:`minildm.losses.LossConfig`).
     """
 
     base_channels: int
@@ -51,6 +53,7 @@ class AutoencoderPreset:
     learning_rate: float
     disc_start: int
     codebook_size: int
+    l2_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -114,10 +117,10 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     "tiny": Profile("tiny", "toyfaces", 32, 512, 128, "cpu",
-                    autoencoder=AutoencoderPreset(16, 1, False, 20, 8, 2e-3, 10, 64),
+                    autoencoder=AutoencoderPreset(16, 1, False, 20, 8, 2e-3, 10, 64, l2_weight=4.0),
                     diffusion=DiffusionPreset(32, (1, 2), 1, (1,), (1,), 30, 16, 1e-3, 0.9, "v", 20, 16)),
     "cpu": Profile("cpu", "toyfaces", 32, 10_000, 1_000, "cpu",
-                   autoencoder=AutoencoderPreset(16, 1, False, 1600, 16, 2e-3, 10**9, 512),
+                   autoencoder=AutoencoderPreset(16, 1, False, 2200, 16, 2e-3, 10**9, 1024, l2_weight=4.0),
                    diffusion=DiffusionPreset(32, (1, 2, 2), 1, (2,), (1, 2), 700, 128, 1e-3, 0.999, "v", 700, 200)),
     "gpu": Profile("gpu", "toyfaces", 64, 30_000, 2_000, "cuda",
                    autoencoder=AutoencoderPreset(128, 2, True, 50_000, 16, 4.5e-5, 25_000, 8192),

@@ -252,6 +252,8 @@ class LossConfig:
 
     Attributes:
         perceptual_weight: weight of LPIPS in the reconstruction loss.
+        l2_weight: weight of a squared-error term added to the reconstruction loss. The paper
+            has none (L1 + LPIPS); short CPU runs use it: PSNR is a squared-error measure.
         disc_start: step at which the GAN loss switches on (the paper's KL configs: 50001).
         disc_weight: factor on the adaptive GAN weight.
         kl_weight: weight of the KL term (copy the autoencoder config's, see ``from_autoencoder``).
@@ -260,6 +262,7 @@ class LossConfig:
     """
 
     perceptual_weight: float = 1.0
+    l2_weight: float = 0.0
     disc_start: int = 5000
     disc_weight: float = 0.5
     kl_weight: float = 1e-6
@@ -308,10 +311,11 @@ class AutoencoderLoss(nn.Module):
         perceptual = torch.zeros((), device=x.device)
         if self.perceptual is not None and self.config.perceptual_weight > 0:
             perceptual = self.perceptual(x, reconstruction).mean()
-        rec = l1 + self.config.perceptual_weight * perceptual
+        l2 = (x - reconstruction).square().mean()
+        rec = l1 + self.config.l2_weight * l2 + self.config.perceptual_weight * perceptual
         nll = rec / self.logvar.exp() + self.logvar
-        logs = {"l1": l1.item(), "perceptual": perceptual.item(), "rec": rec.item(), "nll": nll.item(),
-                "logvar": self.logvar.item()}
+        logs = {"l1": l1.item(), "l2": l2.item(), "perceptual": perceptual.item(), "rec": rec.item(),
+                "nll": nll.item(), "logvar": self.logvar.item()}
         if "kl" in extras:
             regulariser = self.config.kl_weight * extras["kl"] / x[0].numel()
             logs["kl"] = extras["kl"].item()

@@ -34,6 +34,9 @@ def test_run_folder_holds_what_later_stages_need(trained, pixels):
     history = ckpt.load(run_dir / "checkpoint.safetensors")[1]["history"]
     assert len(history) == get_profile("tiny").autoencoder.steps
     assert "d_loss" in history[-1] and "d_loss" not in history[0]  # the GAN switched on at disc_start
+    l2_weight = get_profile("tiny").autoencoder.l2_weight
+    assert json.loads((run_dir / "config.json").read_text())["loss"]["l2_weight"] == l2_weight > 0
+    assert history[-1]["rec"] == pytest.approx(history[-1]["l1"] + l2_weight * history[-1]["l2"], rel=1e-5)
 
     loaded = stage.load_autoencoder(run_dir)
     images = (pixels[:4].float() / 127.5) - 1

@@ -208,6 +208,16 @@ def test_perceptual_term_enters_the_reconstruction_loss():
     assert not any("vgg" in key for key in loss_fn.state_dict())  # checkpoints stay small
 
 
+def test_l2_weight_adds_the_mean_squared_error_to_the_reconstruction_loss():
+    autoencoder, loss_fn, x, reconstruction, extras = kl_setup()
+    loss_fn.config.l2_weight = 4.0
+    _, logs = loss_fn.generator_loss(x, reconstruction, extras, step=0,
+                                     last_layer_weight=autoencoder.last_layer_weight)
+    squared_error = ((x - reconstruction) ** 2).sum().item() / x.numel()
+    assert logs["l2"] == pytest.approx(squared_error) and squared_error > 0
+    assert logs["rec"] == pytest.approx(logs["l1"] + 4.0 * squared_error)
+
+
 def test_discriminator_loss_is_zero_before_disc_start():
     _, loss_fn, x, reconstruction, _ = kl_setup(disc_start=10)
     loss, logs = loss_fn.discriminator_loss(x, reconstruction, step=9)
