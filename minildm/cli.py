@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     train_ae.add_argument("--factor", type=int, default=4, choices=[4, 8, 16], help="downsampling factor f")
     train_ae.add_argument("--reg", default="kl", choices=["kl", "vq"], help="latent regularisation")
     train_ae.add_argument("--steps", type=int, help="training steps (default: the profile's)")
+    train_ae.add_argument("--base-channels", type=positive_integer,
+                          help="channels at full resolution (default: the profile's); fewer make a higher "
+                               "resolution affordable")
     train_ae.add_argument("--out", type=Path, required=True, help="run folder (resumed if it exists)")
 
     train_ldm = _command(commands, "train-ldm", "train the latent diffusion model (stage 2)", run_train_ldm)
@@ -134,6 +137,17 @@ def integer_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def positive_integer(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _load(args: argparse.Namespace, profile: Profile) -> data.ImageDataset:
     return data.load_images(
         args.dataset or profile.dataset,
@@ -164,7 +178,7 @@ def run_train_ae(args: argparse.Namespace, profile: Profile) -> None:
                            f"the autoencoder halves the image {args.factor.bit_length() - 1} times")
     train = _load(args, profile)
     print(data.describe(train).splitlines()[0])
-    config = autoencoder_training.autoencoder_config(profile, args.factor, args.reg)
+    config = autoencoder_training.autoencoder_config(profile, args.factor, args.reg, args.base_channels)
     description = {"dataset": args.dataset or profile.dataset, "resolution": train.resolution,
                    "start": args.start, "n": len(train), "split": args.split, "seed": args.seed}
     started = time.perf_counter()

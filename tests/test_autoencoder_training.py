@@ -100,10 +100,11 @@ def test_vq_autoencoder_reports_codebook_use(tmp_path, pixels):
 def test_command_line_trains_and_evaluates(tmp_path):
     env_args = {"env": {**os.environ, "MINILDM_DATA_DIR": str(tmp_path / "data")}}
     run = [sys.executable, "-m", "minildm"]
-    trained = subprocess.run([*run, "train-ae", "--profile", "tiny", "--n", "32", "--steps", "3",
-                              "--out", str(tmp_path / "ae")], capture_output=True, text=True, **env_args)
+    trained = subprocess.run([*run, "train-ae", "--profile", "tiny", "--n", "32", "--steps", "3", "--base-channels",
+                              "8", "--out", str(tmp_path / "ae")], capture_output=True, text=True, **env_args)
     assert trained.returncode == 0, trained.stderr
     assert "scale factor" in trained.stdout
+    assert json.loads((tmp_path / "ae" / "config.json").read_text())["autoencoder"]["base_channels"] == 8
     evaluated = subprocess.run([*run, "evaluate", "--profile", "tiny", "--ae", str(tmp_path / "ae"), "--n", "8"],
                                capture_output=True, text=True, **env_args)
     assert evaluated.returncode == 0, evaluated.stderr
@@ -112,6 +113,9 @@ def test_command_line_trains_and_evaluates(tmp_path):
     bad = subprocess.run([*run, "train-ae", "--profile", "tiny", "--resolution", "36", "--factor", "8",
                           "--out", str(tmp_path / "x")], capture_output=True, text=True, **env_args)
     assert bad.returncode == 1 and bad.stderr.startswith("minildm: error: resolution 36 is not a multiple")
+    no_channels = subprocess.run([*run, "train-ae", "--profile", "tiny", "--base-channels", "0",
+                                  "--out", str(tmp_path / "x")], capture_output=True, text=True, **env_args)
+    assert no_channels.returncode == 2 and "expected a positive integer, got '0'" in no_channels.stderr
     missing = subprocess.run([*run, "evaluate", "--profile", "tiny", "--ae", str(tmp_path / "nope")],
                              capture_output=True, text=True, **env_args)
     assert missing.returncode == 1 and "not an autoencoder run folder" in missing.stderr
