@@ -139,13 +139,9 @@ def integer_list(text: str) -> tuple[int, ...]:
 
 def positive_integer(text: str) -> int:
     """An argparse type: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
+    if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+    return int(text)
 
 
 def _load(args: argparse.Namespace, profile: Profile) -> data.ImageDataset:

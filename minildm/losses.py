@@ -307,11 +307,11 @@ class AutoencoderLoss(nn.Module):
     def generator_loss(self, x: Tensor, reconstruction: Tensor, extras: dict[str, Tensor], step: int,
                        last_layer_weight: Tensor) -> tuple[Tensor, dict[str, float]]:
         """Loss for the autoencoder (and logvar); ``extras`` from the autoencoder's forward."""
-        l1 = (x - reconstruction).abs().mean()
+        error = x - reconstruction  # (B, C, H, W)
+        l1, l2 = error.abs().mean(), error.square().mean()
         perceptual = torch.zeros((), device=x.device)
         if self.perceptual is not None and self.config.perceptual_weight > 0:
             perceptual = self.perceptual(x, reconstruction).mean()
-        l2 = (x - reconstruction).square().mean()
         rec = l1 + self.config.l2_weight * l2 + self.config.perceptual_weight * perceptual
         nll = rec / self.logvar.exp() + self.logvar
         logs = {"l1": l1.item(), "l2": l2.item(), "perceptual": perceptual.item(), "rec": rec.item(),
