@@ -52,6 +52,10 @@ class AutoencoderConfig:
         vq_beta: VQ only: weight of the commitment loss.
         revive_after: VQ only: training steps a code may go unused before it is re-initialised.
         image_channels: channels of the images.
+        patch_size: side p of the pixel patches the encoder first folds into channels
+            (space-to-depth, (3, H, W) -> (3p^2, H/p, W/p)) and the decoder unfolds at the end;
+            p counts towards ``factor``. p = 2 halves the side of every convolution's input,
+            which makes f = 8 at 64 px about four times cheaper.
     """
 
     reg: str = "kl"
@@ -65,6 +69,7 @@ class AutoencoderConfig:
     vq_beta: float = 0.25
     revive_after: int = 50
     image_channels: int = 3
+    patch_size: int = 1
 
     def __post_init__(self) -> None:
         if self.reg == PIXEL_SPACE:
@@ -75,10 +80,19 @@ class AutoencoderConfig:
             raise ValueError(f"unknown autoencoder regularisation {self.reg!r}: choose 'kl' or 'vq'")
         if self.factor not in CHANNEL_MULTIPLIERS:
             raise ValueError(f"autoencoder factor must be 4, 8 or 16, got {self.factor}")
+        if self.factor % self.patch_size or self.factor // self.patch_size not in CHANNEL_MULTIPLIERS:
+            raise ValueError(f"patch size {self.patch_size} does not suit factor {self.factor}: the convolutions "
+                             f"must downsample factor / patch size = 4, 8 or 16 times")
 
     @property
     def channel_multipliers(self) -> tuple[int, ...]:
-        return CHANNEL_MULTIPLIERS[self.factor]
+        """One entry per level of the convolutional part, which downsamples f / patch_size."""
+        return CHANNEL_MULTIPLIERS[self.factor // self.patch_size]
+
+    @property
+    def folded_channels(self) -> int:
+        """Channels of the image after space-to-depth: image_channels * patch_size^2."""
+        return self.image_channels * self.patch_size**2
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,8 +111,9 @@ class Encoder(nn.Module):
 
     def __init__(self, config: AutoencoderConfig, out_channels: int) -> None:
         super().__init__()
+        self.patch_size = config.patch_size
         widths = [config.base_channels * m for m in config.channel_multipliers]
-        self.conv_in = nn.Conv2d(config.image_channels, widths[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(config.folded_channels, widths[0], 3, padding=1)
         layers: list[nn.Module] = []
         channels = widths[0]
         for level, width in enumerate(widths):
@@ -113,6 +128,8 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(channels, out_channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
+        p = self.patch_size
+        x = rearrange(x, "b c (h p) (w q) -> b (c p q) h w", p=p, q=p)  # (B, 3p^2, H/p, W/p)
         h = self.mid(self.down(self.conv_in(x)))  # (B, widths[-1], H/f, W/f)
         return self.conv_out(F.silu(self.norm_out(h)))
 
@@ -135,11 +152,14 @@ class Decoder(nn.Module):
                 layers.append(Upsample(channels))
         self.up = nn.Sequential(*layers)
         self.norm_out = normalization(channels)
-        self.conv_out = nn.Conv2d(channels, config.image_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(channels, config.folded_channels, 3, padding=1)
+        self.patch_size = config.patch_size
 
     def forward(self, z: Tensor) -> Tensor:
-        h = self.up(self.mid(self.conv_in(z)))  # (B, base_channels, H, W)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        h = self.up(self.mid(self.conv_in(z)))  # (B, base_channels, H/p, W/p)
+        folded = self.conv_out(F.silu(self.norm_out(h)))  # (B, 3p^2, H/p, W/p)
+        p = self.patch_size
+        return rearrange(folded, "b (c p q) h w -> b c (h p) (w q)", p=p, q=p)
 
 
 def middle_block(channels: int, attention: bool) -> nn.Sequential:

@@ -23,13 +23,15 @@ from minildm.train import Trainer, TrainConfig
 
 
 def autoencoder_config(profile: Profile, factor: int = 4, reg: str = "kl",
-                       base_channels: int | None = None) -> AutoencoderConfig:
+                       base_channels: int | None = None, patch_size: int = 1) -> AutoencoderConfig:
     """The profile's autoencoder for a factor and regularisation (VQ: 3 latent channels, the
-    paper's VQ-f4; KL: 4, the paper's KL-f8); ``base_channels`` replaces the profile's."""
+    paper's VQ-f4; KL: 4, the paper's KL-f8); ``base_channels`` replaces the profile's, and
+    ``patch_size`` folds pixel patches into channels first (see :class:`AutoencoderConfig`)."""
     preset = profile.autoencoder
     return AutoencoderConfig(reg=reg, factor=factor, base_channels=base_channels or preset.base_channels,
                              res_blocks=preset.res_blocks, attention=preset.attention,
-                             latent_channels=4 if reg == "kl" else 3, codebook_size=preset.codebook_size)
+                             latent_channels=4 if reg == "kl" else 3, codebook_size=preset.codebook_size,
+                             patch_size=patch_size)
 
 
 def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, config: AutoencoderConfig,

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     train_ae.add_argument("--base-channels", type=positive_integer,
                           help="channels at full resolution (default: the profile's); fewer make a higher "
                                "resolution affordable")
+    train_ae.add_argument("--patch-size", type=int, default=1, choices=[1, 2, 4],
+                          help="fold p x p pixel patches into channels before the first convolution "
+                               "(default 1: none); 2 makes f = 8 at 64 px about four times cheaper")
     train_ae.add_argument("--out", type=Path, required=True, help="run folder (resumed if it exists)")
 
     train_ldm = _command(commands, "train-ldm", "train the latent diffusion model (stage 2)", run_train_ldm)
@@ -174,7 +177,11 @@ def run_train_ae(args: argparse.Namespace, profile: Profile) -> None:
                            f"the autoencoder halves the image {args.factor.bit_length() - 1} times")
     train = _load(args, profile)
     print(data.describe(train).splitlines()[0])
-    config = autoencoder_training.autoencoder_config(profile, args.factor, args.reg, args.base_channels)
+    try:
+        config = autoencoder_training.autoencoder_config(profile, args.factor, args.reg, args.base_channels,
+                                                         args.patch_size)
+    except ValueError as error:
+        raise MinildmError(str(error)) from None
     description = {"dataset": args.dataset or profile.dataset, "resolution": train.resolution,
                    "start": args.start, "n": len(train), "split": args.split, "seed": args.seed}
     started = time.perf_counter()
@@ -336,7 +343,11 @@ def _training_data(run_dir: Path) -> dict:
     path = run_dir / "config.json"
     if not path.is_file():
         raise MinildmError(f"{run_dir} is not a run folder (no config.json)")
-    return json.loads(path.read_text())["data"]
+    seen = json.loads(path.read_text()).get("data", {})
+    if "dataset" not in seen:
+        raise MinildmError(f"{run_dir} does not record the data it was trained on (a run trained from Python "
+                           f"without data_description, as the notebooks do); train it with the command line")
+    return seen
 
 
 def run_bench(args: argparse.Namespace, profile: Profile) -> None:

@@ -66,6 +66,27 @@ def test_config_round_trips_through_json_and_rejects_bad_values():
         AutoencoderConfig(reg="none", factor=4)
 
 
+def test_patches_fold_into_channels_and_unfold_at_the_end():
+    """patch_size 2: the first conv sees pixel (c, 2h+i, 2w+j) as channel 4c + 2i + j at (h, w),
+    the last conv's channel 4c + 2i + j becomes that pixel again, and only f / 2 is convolutional."""
+    autoencoder = build_autoencoder(small(factor=8, patch_size=2))
+    x = torch.randn(2, 3, 64, 64)
+    seen = {}
+    autoencoder.encoder.conv_in.register_forward_hook(lambda m, inputs, out: seen.update(folded=inputs[0]))
+    autoencoder.decoder.conv_out.register_forward_hook(lambda m, inputs, out: seen.update(last=out))
+    z = autoencoder.encode(x)
+    reconstruction = autoencoder.decode(z)
+    assert z.shape == (2, *autoencoder.latent_shape(64)) == (2, 4, 8, 8) and reconstruction.shape == x.shape
+    for c, i, j in [(0, 0, 0), (0, 1, 0), (1, 0, 1), (2, 1, 1)]:
+        assert torch.equal(seen["folded"][:, 4 * c + 2 * i + j], x[:, c, i::2, j::2])
+        assert torch.equal(reconstruction[:, c, i::2, j::2], seen["last"][:, 4 * c + 2 * i + j])
+    downsamplings = sum(isinstance(m, nn.Conv2d) and m.stride == (2, 2) for m in autoencoder.encoder.modules())
+    assert downsamplings == 2 and autoencoder.config.channel_multipliers == (1, 2, 4)
+    for factor, patch_size in [(4, 2), (8, 3), (16, 8)]:
+        with pytest.raises(ValueError, match=f"patch size {patch_size} does not suit factor {factor}"):
+            small(factor=factor, patch_size=patch_size)
+
+
 def test_pixel_space_is_the_identity_with_factor_one():
     pixel_space = build_autoencoder(pixel_space_config())
     x = torch.rand(2, 3, 12, 12) * 2 - 1

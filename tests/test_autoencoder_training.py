@@ -101,18 +101,24 @@ def test_command_line_trains_and_evaluates(tmp_path):
     env_args = {"env": {**os.environ, "MINILDM_DATA_DIR": str(tmp_path / "data")}}
     run = [sys.executable, "-m", "minildm"]
     trained = subprocess.run([*run, "train-ae", "--profile", "tiny", "--n", "32", "--steps", "3", "--base-channels",
-                              "8", "--out", str(tmp_path / "ae")], capture_output=True, text=True, **env_args)
+                              "8", "--factor", "8", "--patch-size", "2", "--out", str(tmp_path / "ae")],
+                             capture_output=True, text=True, **env_args)
     assert trained.returncode == 0, trained.stderr
     assert "scale factor" in trained.stdout
-    assert json.loads((tmp_path / "ae" / "config.json").read_text())["autoencoder"]["base_channels"] == 8
+    saved = json.loads((tmp_path / "ae" / "config.json").read_text())["autoencoder"]
+    assert (saved["base_channels"], saved["factor"], saved["patch_size"]) == (8, 8, 2)
     evaluated = subprocess.run([*run, "evaluate", "--profile", "tiny", "--ae", str(tmp_path / "ae"), "--n", "8"],
                                capture_output=True, text=True, **env_args)
     assert evaluated.returncode == 0, evaluated.stderr
     results = json.loads(evaluated.stdout.strip().splitlines()[-1])
     assert results["n_images"] == 8 and "held-out images of toyfaces from index 32" in results["data"]
+    assert results["latent_shape"] == [4, 4, 4]  # 32 px / f = 8
     bad = subprocess.run([*run, "train-ae", "--profile", "tiny", "--resolution", "36", "--factor", "8",
                           "--out", str(tmp_path / "x")], capture_output=True, text=True, **env_args)
     assert bad.returncode == 1 and bad.stderr.startswith("minildm: error: resolution 36 is not a multiple")
+    bad_patch = subprocess.run([*run, "train-ae", "--profile", "tiny", "--patch-size", "2",
+                                "--out", str(tmp_path / "x")], capture_output=True, text=True, **env_args)
+    assert bad_patch.returncode == 1 and "patch size 2 does not suit factor 4" in bad_patch.stderr
     no_channels = subprocess.run([*run, "train-ae", "--profile", "tiny", "--base-channels", "0",
                                   "--out", str(tmp_path / "x")], capture_output=True, text=True, **env_args)
     assert no_channels.returncode == 2 and "expected a positive integer, got '0'" in no_channels.stderr

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -101,7 +102,13 @@ def test_train_ldm_sample_and_evaluate_from_the_command_line(tmp_path, capsys):
     assert metrics["fid"] > 0 and metrics["toyface_fid"] > 0 and metrics["toyface_kid_std"] >= 0
     assert metrics["toyface_features"].startswith("toy-face judge, 64-d")
 
+    from_python = tmp_path / "ae-from-python"  # what a notebook writes: no data_description
+    shutil.copytree(ae, from_python)
+    config = json.loads((from_python / "config.json").read_text())
+    (from_python / "config.json").write_text(json.dumps({**config, "data": {}}))
     for args, message in [  # in-process: the same main() as python -m minildm, without the start-up
+        (("train-ldm", "--ae", str(from_python), "--out", str(tmp_path / "x")), "does not record the data"),
+        (("evaluate", "--ae", str(from_python)), "does not record the data"),
         (("sample", "--ldm", str(ae), "--out", str(grid)), "not a latent diffusion model"),
         (("sample", "--ldm", str(tmp_path / "none"), "--out", str(grid)), "no config.json"),
         (("sample", "--ldm", str(ldm), "--out", str(tmp_path / "grid.jpg")), "must name a .png file"),
