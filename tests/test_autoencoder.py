@@ -82,7 +82,7 @@ def test_patches_fold_into_channels_and_unfold_at_the_end():
         assert torch.equal(reconstruction[:, c, i::2, j::2], seen["last"][:, 4 * c + 2 * i + j])
     downsamplings = sum(isinstance(m, nn.Conv2d) and m.stride == (2, 2) for m in autoencoder.encoder.modules())
     assert downsamplings == 2 and autoencoder.config.channel_multipliers == (1, 2, 4)
-    for factor, patch_size in [(4, 2), (8, 3), (16, 8)]:
+    for factor, patch_size in [(4, 2), (8, 3), (16, 8), (8, 0)]:
         with pytest.raises(ValueError, match=f"patch size {patch_size} does not suit factor {factor}"):
             small(factor=factor, patch_size=patch_size)
 
