@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from minildm.bench import elapsed_seconds
+from minildm.evaluation.bench import elapsed_seconds
 from minildm.cli import integer_list
 from minildm.config import PROFILES
 from minildm.nn import MAX_GROUPS

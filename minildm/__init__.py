@@ -1,14 +1,41 @@
 """minildm: latent diffusion (Rombach et al., CVPR 2022), taught from scratch.
 
-Modules, one idea each:
+Read the core in this order; each module is one idea, and the notebook in brackets teaches it.
 
-- data: :mod:`~minildm.config` (profiles and presets), :mod:`~minildm.toyfaces` (the offline
-  data set), :mod:`~minildm.images` (any image file to a tensor), :mod:`~minildm.sources`
-  (folders, attribute files, Hugging Face datasets), :mod:`~minildm.data` (one entry point, cached);
-- stage 1, perceptual compression: :mod:`~minildm.nn` (shared blocks), :mod:`~minildm.autoencoder`,
-  :mod:`~minildm.losses`, :mod:`~minildm.autoencoder_training`;
-- shared: :mod:`~minildm.train` (the one training loop), :mod:`~minildm.checkpoint`,
-  :mod:`~minildm.metrics`, :mod:`~minildm.viz`, :mod:`~minildm.cli` (the command line).
+Stage 1, perceptual compression (Sec. 3.1):
+
+- :mod:`~minildm.nn`: the blocks every network shares: ResBlock, down/upsampling, attention (04)
+- :mod:`~minildm.attention`: multi-head attention, cross-attention, the spatial transformer (07)
+- :mod:`~minildm.autoencoder`: encoder E, decoder D, the KL and VQ regularisers (01, 02)
+- :mod:`~minildm.losses`: L1 + perceptual + patch GAN with the adaptive weight (01)
+- :mod:`~minildm.autoencoder_training`: train an autoencoder into a run folder, load it (01, 02)
+
+Stage 2, diffusion in the latent space (Sec. 3.2):
+
+- :mod:`~minildm.diffusion`: the noise schedule, q(x_t | x_0), the loss, DDPM and DDIM (03, 06)
+- :mod:`~minildm.unet`: the time-conditional UNet eps_theta(z_t, t) (04)
+
+Stage 3, conditioning (Sec. 3.3):
+
+- :mod:`~minildm.conditioning`: the condition encoders tau_theta: classes, attributes, text (07)
+- :mod:`~minildm.image_conditions`: masks, inpainting and super-resolution inputs (08)
+
+The model, trained:
+
+- :mod:`~minildm.ldm`: LatentDiffusion: encode, denoise, sample, inpaint, upscale (05-08)
+- :mod:`~minildm.ldm_training`: cached latents, train an LDM into a run folder, load it (05)
+- :mod:`~minildm.train`: the one training loop both stages use: EMA, Ctrl-C, NaN checks (01, 05)
+- :mod:`~minildm.checkpoint`: safetensors files written atomically, run folders (05)
+- :mod:`~minildm.config`: profiles (tiny, cpu, gpu, the one-GPU recipes), presets, paths (00)
+- :mod:`~minildm.demo`: the whole pipeline on one screen (``python -m minildm demo``)
+- :mod:`~minildm.cli`: the command line, ``python -m minildm COMMAND``
+- :mod:`~minildm.viz`: image grids
+
+What a first reading can skip lives in two subpackages:
+
+- :mod:`minildm.data`: toy faces, image files, hub and folder sources, the cached loader (00)
+- :mod:`minildm.evaluation`: PSNR/SSIM, FID/KID, the toy-face judge, the scores of each kind
+  of model, and the pixel-vs-latent benchmark (05, 07, 08, 09)
 """
 
 __version__ = "0.1.0"

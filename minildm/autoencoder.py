@@ -21,13 +21,14 @@ diffusion model on it is a pixel-space model, the one the paper calls LDM-1 (Sec
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from minildm.config import SavedConfig
 from minildm.nn import Downsample, ResBlock, SelfAttention2d, Upsample, normalization
 
 # Channel multiplier per resolution level; one downsampling between consecutive levels.
@@ -37,8 +38,8 @@ PIXEL_SPACE = "none"  # the ``reg`` of :class:`PixelSpace`, which has factor 1
 
 
 @dataclass
-class AutoencoderConfig:
-    """Sizes and regularisation of an autoencoder; ``to_dict`` / ``from_dict`` round-trip JSON.
+class AutoencoderConfig(SavedConfig):
+    """Sizes and regularisation of an autoencoder; saved in its run folder's ``config.json``.
 
     Attributes:
         reg: ``"kl"`` (Gaussian latent, KL penalty) or ``"vq"`` (vector-quantised latent).
@@ -94,17 +95,6 @@ class AutoencoderConfig:
     def folded_channels(self) -> int:
         """Channels of the image after space-to-depth: image_channels * patch_size^2."""
         return self.image_channels * self.patch_size**2
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> AutoencoderConfig:
-        """Build a config from ``to_dict``'s output; unknown keys raise a ValueError."""
-        unknown = sorted(set(values) - {field.name for field in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown autoencoder config keys: {', '.join(unknown)}")
-        return cls(**values)
 
 
 class Encoder(nn.Module):

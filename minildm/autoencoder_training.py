@@ -1,4 +1,4 @@
-"""Stage 1 of a latent diffusion model: train the autoencoder, measure it, load it back.
+"""Stage 1 of a latent diffusion model: train the autoencoder, and load it back.
 
 The run folder this writes is everything later stages need: ``config.json`` (the
 autoencoder's configuration, the loss and the data it saw), ``weights.safetensors``
@@ -7,7 +7,6 @@ autoencoder's configuration, the loss and the data it saw), ``weights.safetensor
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -17,12 +16,13 @@ from minildm import losses
 from minildm.autoencoder import Autoencoder, AutoencoderConfig, build_autoencoder, measure_scale_factor
 from minildm.config import Profile
 from minildm.data import random_flip
-from minildm.images import uint8_to_float
-from minildm.metrics import psnr, ssim
-from minildm.train import Trainer, TrainConfig
+from minildm.data.images import uint8_to_float
+from minildm.train import TrainConfig, Trainer
+
+RUN_CONFIG_KEYS = ("stage", "autoencoder", "loss", "learning_rate", "data")  # an autoencoder run's config.json
 
 
-def autoencoder_config(profile: Profile, factor: int = 4, reg: str = "kl",
+def autoencoder_config(profile: Profile, *, factor: int = 4, reg: str = "kl",
                        base_channels: int | None = None, patch_size: int = 1) -> AutoencoderConfig:
     """The profile's autoencoder for a factor and regularisation (VQ: 3 latent channels, the
     paper's VQ-f4; KL: 4, the paper's KL-f8); ``base_channels`` replaces the profile's, and
@@ -34,16 +34,18 @@ def autoencoder_config(profile: Profile, factor: int = 4, reg: str = "kl",
                              patch_size=patch_size)
 
 
-def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, config: AutoencoderConfig,
-                      profile: Profile, steps: int | None = None, seed: int = 0,
-                      data_description: dict | None = None, progress: bool = True,
-                      perceptual: losses.PerceptualLoss | None = None) -> Autoencoder:
+def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, *, config: AutoencoderConfig, profile: Profile,
+                      steps: int | None = None, seed: int = 0, perceptual: losses.PerceptualLoss | None = None,
+                      data_description: dict | None = None, progress: bool = True) -> Autoencoder:
     """Train (or resume) an autoencoder on uint8 images (N, 3, R, R); returns it with its
     scale factor set (KL: 1 / std of the latents; VQ: 1).
 
     The objective is the paper's (:class:`~minildm.losses.AutoencoderLoss`): L1 + perceptual
     distance under a learned variance, the KL or VQ term, and a patch GAN from
     ``disc_start`` on. Two Adam optimisers with betas (0.5, 0.9), as in the paper.
+    ``perceptual``: the LPIPS-style network (:func:`minildm.losses.load_perceptual`), or None
+    to train without the perceptual term. ``data_description`` records the images in
+    ``config.json`` for the command line.
     """
     preset = profile.autoencoder
     device = torch.device(profile.device)
@@ -82,7 +84,7 @@ def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, config: Autoenc
     steps = steps or preset.steps
     train_config = TrainConfig(steps=steps, batch_size=preset.batch_size, seed=seed, cosine_decay=True,
                                checkpoint_every=max(1, steps // 5), figure_every=max(1, steps // 5))
-    run_config = {"stage": "autoencoder", "autoencoder": config.to_dict(), "loss": asdict(loss_config),
+    run_config = {"stage": "autoencoder", "autoencoder": config.to_dict(), "loss": loss_config.to_dict(),
                   "learning_rate": preset.learning_rate, "data": data_description or {}}
     trainer = Trainer(run_dir, {"autoencoder": autoencoder, "loss": objective}, optimizers, loss_fn,
                       {"pixels": pixels}, train_config, run_config, figure_fn=figure_fn, progress=progress)
@@ -97,40 +99,13 @@ def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, config: Autoenc
 def load_autoencoder(run_dir: str | Path, device: str | torch.device = "cpu") -> Autoencoder:
     """The trained autoencoder of a run folder written by :func:`train_autoencoder`."""
     run_dir = Path(run_dir)
-    run_config = ckpt.read_run_config(run_dir, "autoencoder", "an autoencoder")
+    run_config = ckpt.read_run_config(run_dir, "autoencoder", "an autoencoder", RUN_CONFIG_KEYS)
     try:
-        autoencoder = build_autoencoder(AutoencoderConfig.from_dict(run_config["autoencoder"]))
-    except (KeyError, ValueError) as error:
+        losses.LossConfig.from_dict(run_config["loss"], "loss")
+        autoencoder = build_autoencoder(AutoencoderConfig.from_dict(run_config["autoencoder"], "autoencoder"))
+    except (TypeError, ValueError) as error:
         raise ckpt.CheckpointError(f"{run_dir / 'config.json'} does not describe an autoencoder this version can "
                                    f"build: {error}") from None
     tensors, _ = ckpt.load(run_dir / "weights.safetensors")
     ckpt.load_weights(autoencoder, ckpt.strip_prefix("autoencoder", tensors), str(run_dir / "weights.safetensors"))
     return autoencoder.to(device).eval()
-
-
-@torch.no_grad()
-def evaluate_autoencoder(autoencoder: Autoencoder, pixels: torch.Tensor, batch_size: int = 128) -> dict:
-    """Reconstruction quality on uint8 images (N, 3, R, R): PSNR (dB) and SSIM averaged over
-    images, the latent shape, the scale factor, and for VQ the codebook perplexity."""
-    device = autoencoder.scale_factor.device
-    psnrs, ssims, codes = [], [], []
-    for batch in pixels.split(batch_size):
-        images = uint8_to_float(batch).to(device)
-        reconstruction, extras = autoencoder(images) if autoencoder.config.reg == "vq" else \
-            (autoencoder.decode(autoencoder.encode(images)), {})
-        psnrs.append(psnr(images, reconstruction))
-        ssims.append(ssim(images, reconstruction))
-        if "indices" in extras:
-            codes.append(extras["indices"].flatten())
-    results = {
-        "psnr": round(torch.cat(psnrs).mean().item(), 3),
-        "ssim": round(torch.cat(ssims).mean().item(), 4),
-        "latent_shape": list(autoencoder.latent_shape(pixels.shape[-1])),
-        "scale_factor": round(autoencoder.scale_factor.item(), 5),
-        "n_images": len(pixels),
-    }
-    if codes:
-        perplexity = autoencoder.quantizer.perplexity(torch.cat(codes)).item()
-        results.update(perplexity=round(perplexity, 1), codebook_size=autoencoder.config.codebook_size,
-                       codebook_usage=round(perplexity / autoencoder.config.codebook_size, 3))
-    return results

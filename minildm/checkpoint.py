@@ -52,16 +52,62 @@ def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, metadata
 
 
-def read_run_config(run_dir: Path, stage: str, kind: str) -> dict:
-    """A run folder's ``config.json``, refused in one line when it is missing or belongs to
-    another stage; ``kind`` names what the stage trains, e.g. "an autoencoder"."""
+def read_run_config(run_dir: Path, stage: str, kind: str, keys: tuple[str, ...]) -> dict:
+    """A run folder's ``config.json``, refused in one line when it is missing, belongs to
+    another stage, or has other top-level ``keys`` than a run of this stage writes;
+    ``kind`` names what the stage trains, e.g. "an autoencoder"."""
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{run_dir} is not {kind} run folder (no config.json)")
-    run_config = json.loads(config_path.read_text())
+    run_config = _read_json(config_path)
     if run_config.get("stage") != stage:
         raise CheckpointError(f"{run_dir} holds a {run_config.get('stage')!r} run, not {kind}")
+    unknown = sorted(set(run_config) - set(keys))
+    missing = [key for key in keys if key not in run_config]
+    if unknown or missing:
+        problem = f"unknown key {unknown[0]!r}" if unknown else f"missing key {missing[0]!r}"
+        raise CheckpointError(f"{config_path} does not describe {kind} this version can read: {problem}")
     return run_config
+
+
+def read_training_data(run_dir: Path) -> dict:
+    """What a run folder was trained on (``data`` in its ``config.json``: dataset, resolution,
+    start, n, split, seed), as the command line records it."""
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{run_dir} is not a run folder (no config.json)")
+    seen = _read_json(config_path).get("data", {})
+    if "dataset" not in seen:
+        raise CheckpointError(f"{run_dir} does not record the data it was trained on (a run trained from Python "
+                              f"without data_description, as the notebooks do); train it with the command line")
+    return seen
+
+
+def write_run_config(run_dir: Path, run_config: dict) -> None:
+    """Write ``config.json`` into a new run folder; in an existing one, refuse a different
+    configuration rather than resume it."""
+    path = run_dir / "config.json"
+    if path.exists():
+        saved = _read_json(path)
+        if saved != json.loads(json.dumps(run_config)):
+            changed = sorted(k for k in {*saved, *run_config} if saved.get(k) != run_config.get(k))
+            raise CheckpointError(f"{run_dir} holds a run with another configuration "
+                                  f"(differs in: {', '.join(changed)}); choose another --out or delete it")
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(run_config, indent=2))
+    temporary.replace(path)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        values = json.loads(path.read_text())
+    except (ValueError, OSError) as error:
+        raise CheckpointError(f"{path} is damaged ({error})") from None
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{path} is damaged (not a JSON object)")
+    return values
 
 
 def with_prefix(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -110,3 +156,39 @@ def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": rest["param_groups"]})
+
+
+def save_training_state(path: Path, *, modules: dict[str, torch.nn.Module], averages: dict[str, torch.nn.Module],
+                        optimizers: dict[str, torch.optim.Optimizer], metadata: dict) -> Path:
+    """Everything a run needs to resume exactly, in one file: the weights of ``modules``,
+    their moving ``averages`` (EMA), the optimisers' states and the random-number generators'
+    states as tensors; ``metadata`` (step, history, ...) and the optimisers' scalars as JSON."""
+    tensors: dict[str, torch.Tensor] = {}
+    optimizer_rest = {}
+    for name, module in modules.items():
+        tensors.update(with_prefix(f"model.{name}", module.state_dict()))
+    for name, module in averages.items():
+        tensors.update(with_prefix(f"ema.{name}", module.state_dict()))
+    for name, optimizer in optimizers.items():
+        state, optimizer_rest[name] = optimizer_to_tensors(optimizer)
+        tensors.update(with_prefix(f"optimizer.{name}", state))
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    return save_atomic(tensors, path, {**metadata, "optimizers": optimizer_rest})
+
+
+def load_training_state(path: Path, *, modules: dict[str, torch.nn.Module], averages: dict[str, torch.nn.Module],
+                        optimizers: dict[str, torch.optim.Optimizer]) -> dict:
+    """Inverse of :func:`save_training_state`: load every state in place (the random-number
+    generators included) and return the metadata."""
+    tensors, metadata = load(path)
+    for prefix, group in (("model", modules), ("ema", averages)):
+        for name, module in group.items():
+            load_weights(module, strip_prefix(f"{prefix}.{name}", tensors), str(path))
+    for name, optimizer in optimizers.items():
+        optimizer_from_tensors(optimizer, strip_prefix(f"optimizer.{name}", tensors), metadata["optimizers"][name])
+    torch.set_rng_state(tensors["rng.cpu"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return metadata

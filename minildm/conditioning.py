@@ -27,13 +27,13 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from minildm.attention import Attention, FeedForward
-from minildm.config import MinildmError
+from minildm.config import MinildmError, SavedConfig
 
 TOKEN_KINDS = ("class", "attributes", "text")  # read through cross-attention
 CONCAT_KINDS = ("inpaint", "superres")  # concatenated to the UNet's input
@@ -42,13 +42,15 @@ MIN_TEXT_LENGTH = 32  # tokens a text encoder reads at least (the start token an
 
 
 @dataclass
-class ConditioningConfig:
+class ConditioningConfig(SavedConfig):
     """What the model is conditioned on; saved with the model.
 
     Attributes:
         kind: ``none``, ``class``, ``attributes``, ``text``, ``inpaint`` or ``superres``.
         channels: size D of the tokens.
-        names: the class names, the attribute names, or the text vocabulary.
+        class_names: the classes, in the order of their indices (class only).
+        attribute_names: the attributes, in the order of the condition's columns (attributes only).
+        vocabulary: the words a caption may use (text only).
         max_length: longest caption in tokens (text only).
         layers: transformer layers of the text encoder.
         drop_probability: how often training replaces the condition by the null sequence.
@@ -57,7 +59,9 @@ class ConditioningConfig:
 
     kind: str = "none"
     channels: int = 64
-    names: list[str] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
+    attribute_names: list[str] = field(default_factory=list)
+    vocabulary: list[str] = field(default_factory=list)
     max_length: int = 0
     layers: int = 2
     drop_probability: float = 0.1
@@ -66,9 +70,6 @@ class ConditioningConfig:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise MinildmError(f"unknown conditioning {self.kind!r}: choose one of {', '.join(KINDS)}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class ConditionEncoder(nn.Module, ABC):
@@ -212,11 +213,11 @@ class TextEncoder(ConditionEncoder):
 def build_encoder(config: ConditioningConfig) -> ConditionEncoder | None:
     """The encoder tau_theta for a token kind; None for ``none`` and concat kinds."""
     if config.kind == "class":
-        return ClassEncoder(len(config.names), config.channels)
+        return ClassEncoder(len(config.class_names), config.channels)
     if config.kind == "attributes":
-        return AttributeEncoder(len(config.names), config.channels)
+        return AttributeEncoder(len(config.attribute_names), config.channels)
     if config.kind == "text":
-        return TextEncoder(len(config.names) + 2, config.max_length, config.channels, config.layers)
+        return TextEncoder(len(config.vocabulary) + 2, config.max_length, config.channels, config.layers)
     return None
 
 
@@ -229,7 +230,7 @@ def conditioning_config(kind: str, dataset, attributes: Sequence[str] | None = N
         if dataset.labels is None:
             raise MinildmError("this data set has no class labels: condition on attributes instead")
         names = dataset.label_names or [str(i) for i in range(int(dataset.labels.max()) + 1)]
-        return ConditioningConfig(kind, names=list(names), **settings)
+        return ConditioningConfig(kind, class_names=list(names), **settings)
     if kind == "attributes":
         if dataset.attributes is None:
             raise MinildmError("this data set has no attributes (a CelebA folder needs list_attr_celeba.txt)")
@@ -238,25 +239,44 @@ def conditioning_config(kind: str, dataset, attributes: Sequence[str] | None = N
         if missing:
             raise MinildmError(f"unknown attribute(s) {', '.join(missing)}; the data set has: "
                                f"{', '.join(dataset.attribute_names)}")
-        return ConditioningConfig(kind, names=names, **settings)
+        return ConditioningConfig(kind, attribute_names=names, **settings)
     if kind == "text":
         if dataset.captions is None:
             raise MinildmError("this data set has no captions: condition on attributes instead")
         vocabulary = WordTokenizer.from_captions(dataset.captions).vocabulary
         longest = max(len(WordTokenizer.words(text)) for text in dataset.captions)
         # room for prompts longer than the training captions: at least 31 words
-        return ConditioningConfig(kind, names=vocabulary, max_length=max(MIN_TEXT_LENGTH, longest + 1), **settings)
+        return ConditioningConfig(kind, vocabulary=vocabulary, max_length=max(MIN_TEXT_LENGTH, longest + 1), **settings)
     return ConditioningConfig(kind, **settings)
 
 
 def condition_tensor(config: ConditioningConfig, dataset) -> Tensor:
     """Each image's condition as the encoder reads it: class indices (N,), attributes bool
-    (N, A) in the order of ``config.names``, or caption ids (N, max_length)."""
+    (N, A) in the order of ``config.attribute_names``, or caption ids (N, max_length)."""
     if config.kind == "class":
         return dataset.labels.long()
     if config.kind == "attributes":
-        columns = [dataset.attribute_names.index(name) for name in config.names]
+        columns = [dataset.attribute_names.index(name) for name in config.attribute_names]
         return dataset.attributes[:, columns].bool()
     if config.kind == "text":
-        return WordTokenizer(config.names).encode(dataset.captions, config.max_length)
+        return WordTokenizer(config.vocabulary).encode(dataset.captions, config.max_length)
     raise ValueError(f"{config.kind!r} conditions are images, made by minildm.image_conditions")
+
+
+def requested_condition(config: ConditioningConfig, request: str) -> Tensor:
+    """The condition (1, ...) that a person asks for in words: a caption (text), a class name
+    (class) or comma-separated attribute names, the others absent (attributes)."""
+    if config.kind == "text":
+        return WordTokenizer(config.vocabulary).encode([request], config.max_length)
+    if config.kind == "class":
+        if request not in config.class_names:
+            raise MinildmError(f"unknown class {request!r}; this model knows: {', '.join(config.class_names)}")
+        return torch.tensor([config.class_names.index(request)])
+    if config.kind != "attributes":
+        raise ValueError(f"a {config.kind!r} model is not conditioned on words")
+    known = config.attribute_names
+    wanted = [name.strip() for name in request.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        raise MinildmError(f"unknown attribute(s) {', '.join(unknown)}; this model knows: {', '.join(known)}")
+    return torch.tensor([[name in wanted for name in known]])

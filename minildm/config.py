@@ -16,7 +16,8 @@ environment variable; without either, ``gpu`` when CUDA is available, else ``cpu
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import typing
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -24,6 +25,8 @@ import torch
 PROFILE_ENV = "MINILDM_PROFILE"
 DATA_DIR_ENV = "MINILDM_DATA_DIR"
 CELEBA_DIR_ENV = "MINILDM_CELEBA_DIR"
+RUNS_DIR_ENV = "MINILDM_RUNS_DIR"
+C = typing.TypeVar("C", bound="SavedConfig")
 
 
 class MinildmError(Exception):
@@ -32,7 +35,7 @@ class MinildmError(Exception):
 
 @dataclass(frozen=True)
 class AutoencoderPreset:
-    """How big an autoencoder each profile trains, and for how long.
+    """How big an autoencoder each profile trains, and for how long (stage 1).
 
     Attributes:
         base_channels: channels at full resolution (the paper: 128).
@@ -57,7 +60,7 @@ class AutoencoderPreset:
 
 
 @dataclass(frozen=True)
-class DiffusionPreset:
+class LDMPreset:
     """How big a UNet each profile trains in latent space, and for how long (stage 2).
 
     Attributes:
@@ -71,9 +74,6 @@ class DiffusionPreset:
         prediction: what the UNet predicts: ``eps`` (the paper) or ``v``. Short CPU runs use
             ``v``: an eps-model's estimate of the clean latent at the noisiest steps multiplies
             its error by 1/sqrt(abar) (about 80), and DDIM then drifts off the data.
-        demo_autoencoder_steps: autoencoder steps in ``minildm demo`` (shorter than stage 1's).
-        fid_images: samples and held-out images for FID/KID in ``evaluate`` and the notebooks
-            (the demo uses a third); the Inception network scores ~3 images/s on a 2-core CPU.
     """
 
     base_channels: int
@@ -86,8 +86,6 @@ class DiffusionPreset:
     learning_rate: float
     ema_decay: float
     prediction: str
-    demo_autoencoder_steps: int
-    fid_images: int
 
 
 @dataclass(frozen=True)
@@ -95,14 +93,17 @@ class Profile:
     """Sizes for one kind of machine.
 
     Attributes:
-        name: ``tiny``, ``cpu`` or ``gpu``.
+        name: ``tiny``, ``cpu``, ``gpu`` or a one-GPU recipe.
         dataset: the data set used when none is named.
         resolution: image side in pixels.
         n_images: how many training images to prepare.
         n_holdout: how many held-out images to prepare for evaluation.
+        fid_images: samples and held-out images for FID/KID in ``evaluate`` and the notebooks
+            (the demo uses a third); the Inception network scores ~3 images/s on a 2-core CPU.
         device: ``cuda`` or ``cpu``.
         autoencoder: the autoencoder's size and training (stage 1).
-        diffusion: the UNet's size and training (stage 2).
+        ldm: the UNet's size and training (stage 2).
+        demo_autoencoder_steps: autoencoder steps in ``minildm demo`` (shorter than stage 1's).
     """
 
     name: str
@@ -110,32 +111,70 @@ class Profile:
     resolution: int
     n_images: int
     n_holdout: int
+    fid_images: int
     device: str
     autoencoder: AutoencoderPreset
-    diffusion: DiffusionPreset
+    ldm: LDMPreset
+    demo_autoencoder_steps: int
 
 
+# Parameter counts are those of a KL autoencoder (f = 4; churches256: f = 8) and of the
+# unconditional UNet on its 4-channel latents.
 PROFILES: dict[str, Profile] = {
-    "tiny": Profile("tiny", "toyfaces", 32, 512, 128, "cpu",
-                    autoencoder=AutoencoderPreset(16, 1, False, 20, 8, 2e-3, 10, 64, l2_weight=4.0),
-                    diffusion=DiffusionPreset(32, (1, 2), 1, (1,), (1,), 30, 16, 1e-3, 0.9, "v", 20, 16)),
-    "cpu": Profile("cpu", "toyfaces", 32, 10_000, 1_000, "cpu",
-                   autoencoder=AutoencoderPreset(16, 1, False, 2200, 16, 2e-3, 10**9, 1024, l2_weight=4.0),
-                   diffusion=DiffusionPreset(32, (1, 2, 2), 1, (2,), (1, 2), 700, 128, 1e-3, 0.999, "v", 700, 200)),
-    "gpu": Profile("gpu", "toyfaces", 64, 30_000, 2_000, "cuda",
-                   autoencoder=AutoencoderPreset(128, 2, True, 50_000, 16, 4.5e-5, 25_000, 8192),
-                   diffusion=DiffusionPreset(128, (1, 2, 3, 4), 2, (1, 2, 3), (1, 2, 3), 100_000, 64, 1e-4, 0.9999,
-                                             "eps", 20_000, 2000)),
+    "tiny": Profile(
+        name="tiny", dataset="toyfaces", resolution=32, n_images=512, n_holdout=128, fid_images=16, device="cpu",
+        autoencoder=AutoencoderPreset(  # 0.65 M parameters
+            base_channels=16, res_blocks=1, attention=False, steps=20, batch_size=8, learning_rate=2e-3,
+            disc_start=10, codebook_size=64, l2_weight=4.0),
+        ldm=LDMPreset(  # 0.76 M parameters
+            base_channels=32, channel_mult=(1, 2), res_blocks=1, attention_levels=(1,), cross_attention_levels=(1,),
+            steps=30, batch_size=16, learning_rate=1e-3, ema_decay=0.9, prediction="v"),
+        demo_autoencoder_steps=20),
+    "cpu": Profile(
+        name="cpu", dataset="toyfaces", resolution=32, n_images=10_000, n_holdout=1_000, fid_images=200, device="cpu",
+        autoencoder=AutoencoderPreset(  # 0.65 M parameters
+            base_channels=16, res_blocks=1, attention=False, steps=2200, batch_size=16, learning_rate=2e-3,
+            disc_start=10**9, codebook_size=1024, l2_weight=4.0),
+        ldm=LDMPreset(  # 1.19 M parameters
+            base_channels=32, channel_mult=(1, 2, 2), res_blocks=1, attention_levels=(2,),
+            cross_attention_levels=(1, 2), steps=700, batch_size=128, learning_rate=1e-3, ema_decay=0.999,
+            prediction="v"),
+        demo_autoencoder_steps=700),
+    "gpu": Profile(
+        name="gpu", dataset="toyfaces", resolution=64, n_images=30_000, n_holdout=2_000, fid_images=2000,
+        device="cuda",
+        autoencoder=AutoencoderPreset(  # 55 M parameters
+            base_channels=128, res_blocks=2, attention=True, steps=50_000, batch_size=16, learning_rate=4.5e-5,
+            disc_start=25_000, codebook_size=8192),
+        ldm=LDMPreset(  # 93 M parameters
+            base_channels=128, channel_mult=(1, 2, 3, 4), res_blocks=2, attention_levels=(1, 2, 3),
+            cross_attention_levels=(1, 2, 3), steps=100_000, batch_size=64, learning_rate=1e-4, ema_decay=0.9999,
+            prediction="eps"),
+        demo_autoencoder_steps=20_000),
     # One-GPU recipes after the paper's 256 px models (Table 1), scaled to one GPU and days, not weeks:
     # CelebA-HQ with LDM-4 (train-ae --factor 4) and LSUN churches with LDM-8 (train-ae --factor 8).
-    "celebahq256": Profile("celebahq256", "celeba-hq", 256, 26_000, 2_000, "cuda",
-                           autoencoder=AutoencoderPreset(128, 2, True, 60_000, 12, 4.5e-5, 30_000, 8192),
-                           diffusion=DiffusionPreset(192, (1, 2, 3, 4), 2, (1, 2, 3), (1, 2, 3), 150_000, 48, 9.6e-5,
-                                                     0.9999, "eps", 20_000, 5000)),
-    "churches256": Profile("churches256", "lsun-churches", 256, 50_000, 2_000, "cuda",
-                           autoencoder=AutoencoderPreset(128, 2, True, 60_000, 12, 4.5e-5, 30_000, 8192),
-                           diffusion=DiffusionPreset(192, (1, 2, 2, 4), 2, (0, 1, 2, 3), (0, 1, 2, 3), 150_000, 64,
-                                                     5e-5, 0.9999, "eps", 20_000, 5000)),
+    "celebahq256": Profile(
+        name="celebahq256", dataset="celeba-hq", resolution=256, n_images=26_000, n_holdout=2_000, fid_images=5000,
+        device="cuda",
+        autoencoder=AutoencoderPreset(  # 55 M parameters
+            base_channels=128, res_blocks=2, attention=True, steps=60_000, batch_size=12, learning_rate=4.5e-5,
+            disc_start=30_000, codebook_size=8192),
+        ldm=LDMPreset(  # 210 M parameters
+            base_channels=192, channel_mult=(1, 2, 3, 4), res_blocks=2, attention_levels=(1, 2, 3),
+            cross_attention_levels=(1, 2, 3), steps=150_000, batch_size=48, learning_rate=9.6e-5, ema_decay=0.9999,
+            prediction="eps"),
+        demo_autoencoder_steps=20_000),
+    "churches256": Profile(
+        name="churches256", dataset="lsun-churches", resolution=256, n_images=50_000, n_holdout=2_000,
+        fid_images=5000, device="cuda",
+        autoencoder=AutoencoderPreset(  # 84 M parameters at f = 8
+            base_channels=128, res_blocks=2, attention=True, steps=60_000, batch_size=12, learning_rate=4.5e-5,
+            disc_start=30_000, codebook_size=8192),
+        ldm=LDMPreset(  # 178 M parameters
+            base_channels=192, channel_mult=(1, 2, 2, 4), res_blocks=2, attention_levels=(0, 1, 2, 3),
+            cross_attention_levels=(0, 1, 2, 3), steps=150_000, batch_size=64, learning_rate=5e-5, ema_decay=0.9999,
+            prediction="eps"),
+        demo_autoencoder_steps=20_000),
 }
 
 
@@ -158,14 +197,22 @@ def get_profile(name: str | None = None) -> Profile:
     return profile
 
 
-def repo_root() -> Path:
-    """The folder that holds the ``minildm`` package (the repository in a checkout)."""
-    return Path(__file__).resolve().parent.parent
+def checkout_root() -> Path | None:
+    """The repository when minildm runs from a checkout (an editable install), else None."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").is_file() else None
 
 
 def data_dir() -> Path:
-    """Where prepared data is cached: ``MINILDM_DATA_DIR`` or the repository's ``data/``."""
-    return Path(os.environ.get(DATA_DIR_ENV) or repo_root() / "data")
+    """Where prepared data, weights and the judge are cached: ``MINILDM_DATA_DIR``, else the
+    checkout's ``data/``, else (an installed package) the user's cache folder,
+    ``$XDG_CACHE_HOME/minildm`` or ``~/.cache/minildm``."""
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV])
+    root = checkout_root()
+    if root is not None:
+        return root / "data"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "minildm"
 
 
 def celeba_dir() -> Path | None:
@@ -175,5 +222,42 @@ def celeba_dir() -> Path | None:
 
 
 def runs_dir() -> Path:
-    """Where notebooks keep their run folders: ``MINILDM_RUNS_DIR`` or the repository's ``runs/``."""
-    return Path(os.environ.get("MINILDM_RUNS_DIR") or repo_root() / "runs")
+    """Where notebooks keep their run folders: ``MINILDM_RUNS_DIR``, else the checkout's
+    ``runs/``, else (an installed package) ``runs/`` in the working directory."""
+    if os.environ.get(RUNS_DIR_ENV):
+        return Path(os.environ[RUNS_DIR_ENV])
+    root = checkout_root()
+    return root / "runs" if root is not None else Path.cwd() / "runs"
+
+
+class SavedConfig:
+    """Base of the configuration dataclasses that a run folder's ``config.json`` holds:
+    ``to_dict`` gives JSON-able values, ``from_dict`` builds the config back and checks it."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[C], values: dict, where: str | None = None) -> C:
+        """Build from ``to_dict``'s output (read back from JSON). An unknown or a missing key
+        raises a ValueError that names it; nested configs are built the same way, and JSON
+        lists become tuples where the field is a tuple. ``where`` names the section."""
+        where = where or cls.__name__
+        if not isinstance(values, dict):
+            raise ValueError(f"{where} should be a mapping, got {type(values).__name__}")
+        names = [field.name for field in fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        missing = [name for name in names if name not in values]
+        if unknown or missing:
+            problem = f"unknown key {unknown[0]!r}" if unknown else f"missing key {missing[0]!r}"
+            raise ValueError(f"{problem} in {where}")
+        hints = typing.get_type_hints(cls)
+        built = {}
+        for name in names:
+            value, hint = values[name], hints[name]
+            if isinstance(hint, type) and issubclass(hint, SavedConfig):
+                value = hint.from_dict(value, f"{where}.{name}")
+            elif typing.get_origin(hint) is tuple and isinstance(value, list):
+                value = tuple(value)
+            built[name] = value
+        return cls(**built)

@@ -10,11 +10,32 @@ so training draws ``t`` and ``eps`` and asks a network to undo the noise in one 
 learned reverse chain: DDPM's ancestral sampler (eq. 11, with the posterior of eq. 7) over all
 ``T`` steps, or DDIM (Song et al. 2021, eq. 12) over any subsequence of them.
 
-Time steps are 0-based: ``t = 0`` is the first noising step, ``t = T - 1`` the last.
-
 The network's output can be read three ways (``prediction``): the noise ``eps`` (DDPM, LDM),
 the clean sample ``x0``, or the velocity ``v = sqrt(abar) eps - sqrt(1 - abar) x0`` (Salimans
 & Ho 2022). Samplers only need the pair (x0, eps) that each of them implies.
+
+Notation, code name against the papers' symbol:
+
+================================  ==================================  ========================
+code                              paper                               where
+================================  ==================================  ========================
+``t`` (0-based: 0 .. T - 1)       t (1-based: 1 .. T)                 DDPM Sec. 2
+``timesteps``                     T                                   DDPM Sec. 2
+``betas[t]``                      beta_t                              DDPM eq. 2
+``alphas[t]``                     alpha_t = 1 - beta_t                DDPM Sec. 2
+``alpha_bars[t]``                 alpha-bar_t = prod alpha_s          DDPM eq. 4
+``alpha_bars_prev[t]``            alpha-bar_{t-1} (1 before t = 0)    DDPM eq. 7
+``snr[t]``                        alpha-bar_t / (1 - alpha-bar_t)     Kingma et al. 2021
+``posterior_variance[t]``         beta-tilde_t                        DDPM eq. 7
+``x0``, ``x_t``, ``noise``/eps    x_0, x_t, epsilon                   DDPM eqs. 4, 14
+``q_sample``                      sample of q(x_t | x_0)              DDPM eq. 4
+``q_posterior``                   q(x_{t-1} | x_t, x_0)               DDPM eqs. 6-7
+``loss``                          L_LDM                               LDM eqs. 1-2
+``ddpm_sample``                   ancestral sampling                  DDPM eq. 11, Alg. 2
+``ddim_sample``, ``eta``          DDIM, eta                           DDIM eqs. 12, 16
+================================  ==================================  ========================
+
+In a latent diffusion model x is the scaled latent z of the autoencoder (LDM Sec. 3.2).
 """
 
 from __future__ import annotations
@@ -26,6 +47,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 from tqdm import tqdm
+
+from minildm.config import SavedConfig
 
 # denoise(x_t, t) -> the network's output for noisy x_t (B, C, H, W) at time steps t (B,)
 Denoiser = Callable[[Tensor, Tensor], Tensor]
@@ -54,9 +77,27 @@ def make_betas(schedule: str = "linear", timesteps: int = 1000, beta_start: floa
 
 
 @dataclass
+class DiffusionConfig(SavedConfig):
+    """The noise schedule and what the network predicts; :meth:`build` makes the
+    :class:`Diffusion`. Defaults: the paper's (linear, T = 1000, 0.0015 to 0.0195, eps)."""
+
+    schedule: str = "linear"
+    timesteps: int = 1000
+    beta_start: float = 0.0015
+    beta_end: float = 0.0195
+    prediction: str = "eps"
+    min_snr_gamma: float | None = None
+
+    def build(self) -> Diffusion:
+        return Diffusion(self.schedule, self.timesteps, self.beta_start, self.beta_end, self.prediction,
+                         self.min_snr_gamma)
+
+
+@dataclass
 class Trajectory:
-    """What a sampler passed through, for plots: ``states[i]`` is x at ``timesteps[i]``
-    (the last state is the result), ``predictions[i]`` the x0 the network saw in it."""
+    """What a sampler passed through, for plots: ``states[0]`` is the starting noise and
+    ``states[i]`` (i >= 1) x after the step at ``timesteps[i - 1]``, whose network saw the
+    clean sample ``predictions[i - 1]``; ``result`` is the last state."""
 
     timesteps: list[int]
     states: list[Tensor]
@@ -66,6 +107,10 @@ class Trajectory:
         self.timesteps.append(step)
         self.states.append(state)
         self.predictions.append(prediction)
+
+    @property
+    def result(self) -> Tensor:
+        return self.states[-1]
 
 
 class Diffusion:
@@ -155,9 +200,8 @@ class Diffusion:
 
     # samplers
     @torch.no_grad()
-    def ddpm_sample(self, denoise: Denoiser, x_T: Tensor, generator: torch.Generator | None = None,
-                    clip: float | None = None, return_trajectory: bool = False,
-                    progress: bool = False) -> Tensor | tuple[Tensor, Trajectory]:
+    def ddpm_sample(self, denoise: Denoiser, x_T: Tensor, *, generator: torch.Generator | None = None,
+                    clip: float | None = None, progress: bool = False) -> Tensor:
         """Ancestral sampling over all T steps (DDPM eq. 11, Algorithm 2):
         x_{t-1} = posterior mean(x0_hat, x_t) + sigma_t z with sigma_t^2 the posterior variance
         (the "fixed small" choice the LDM code uses), no noise at the last step.
@@ -168,8 +212,19 @@ class Diffusion:
             clip: clamp the predicted x0 to [-clip, clip] (useful in pixel space, where images
                 live in [-1, 1]; latents have no fixed range).
         """
+        return self._ddpm(denoise, x_T, generator, clip, progress, trajectory=None)
+
+    def ddpm_trajectory(self, denoise: Denoiser, x_T: Tensor, *, generator: torch.Generator | None = None,
+                        clip: float | None = None, progress: bool = False) -> Trajectory:
+        """:meth:`ddpm_sample`, keeping every state and every predicted x0."""
+        trajectory = Trajectory([], [x_T], [])
+        self._ddpm(denoise, x_T, generator, clip, progress, trajectory)
+        return trajectory
+
+    @torch.no_grad()
+    def _ddpm(self, denoise: Denoiser, x_T: Tensor, generator: torch.Generator | None, clip: float | None,
+              progress: bool, trajectory: Trajectory | None) -> Tensor:
         x = x_T
-        trajectory = Trajectory([], [x], []) if return_trajectory else None
         for step in tqdm(range(self.timesteps - 1, -1, -1), desc="DDPM", disable=not progress):
             t = torch.full((len(x),), step, dtype=torch.long, device=x.device)
             x0, _ = self._predict(denoise, x, t, clip)
@@ -178,7 +233,7 @@ class Diffusion:
             x = mean + variance.sqrt() * noise
             if trajectory is not None:
                 trajectory.record(step, x, x0)
-        return (x, trajectory) if return_trajectory else x
+        return x
 
     def ddim_timesteps(self, steps: int) -> list[int]:
         """``steps`` time steps spread evenly over [0, T-1], from the noisiest down."""
@@ -187,9 +242,9 @@ class Diffusion:
         return torch.linspace(self.timesteps - 1, 0, steps).round().long().tolist()
 
     @torch.no_grad()
-    def ddim_sample(self, denoise: Denoiser, x_T: Tensor, steps: int = 50, eta: float = 0.0,
+    def ddim_sample(self, denoise: Denoiser, x_T: Tensor, *, steps: int = 50, eta: float = 0.0,
                     generator: torch.Generator | None = None, clip: float | None = None,
-                    return_trajectory: bool = False, progress: bool = False) -> Tensor | tuple[Tensor, Trajectory]:
+                    progress: bool = False) -> Tensor:
         """DDIM (Song et al. 2021, eq. 12) over ``steps`` of the T steps:
 
             x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps_hat + sigma z,
@@ -199,9 +254,21 @@ class Diffusion:
         deterministic: the same x_T always gives the same sample; ``eta = 1`` with all T steps
         is DDPM's ancestral sampler.
         """
+        return self._ddim(denoise, x_T, steps, eta, generator, clip, progress, trajectory=None)
+
+    def ddim_trajectory(self, denoise: Denoiser, x_T: Tensor, *, steps: int = 50, eta: float = 0.0,
+                        generator: torch.Generator | None = None, clip: float | None = None,
+                        progress: bool = False) -> Trajectory:
+        """:meth:`ddim_sample`, keeping every state and every predicted x0."""
+        trajectory = Trajectory([], [x_T], [])
+        self._ddim(denoise, x_T, steps, eta, generator, clip, progress, trajectory)
+        return trajectory
+
+    @torch.no_grad()
+    def _ddim(self, denoise: Denoiser, x_T: Tensor, steps: int, eta: float, generator: torch.Generator | None,
+              clip: float | None, progress: bool, trajectory: Trajectory | None) -> Tensor:
         x = x_T
         schedule = self.ddim_timesteps(steps)
-        trajectory = Trajectory([], [x], []) if return_trajectory else None
         for index, step in enumerate(tqdm(schedule, desc="DDIM", disable=not progress)):
             t = torch.full((len(x),), step, dtype=torch.long, device=x.device)
             x0, eps = self._predict(denoise, x, t, clip)
@@ -213,10 +280,10 @@ class Diffusion:
                 x = x + sigma * torch.randn(x.shape, generator=generator).to(x)
             if trajectory is not None:
                 trajectory.record(step, x, x0)
-        return (x, trajectory) if return_trajectory else x
+        return x
 
     @torch.no_grad()
-    def ddim_invert(self, denoise: Denoiser, x0: Tensor, steps: int = 50, progress: bool = False) -> Tensor:
+    def ddim_invert(self, denoise: Denoiser, x0: Tensor, *, steps: int = 50, progress: bool = False) -> Tensor:
         """Run deterministic DDIM backwards, from a clean x0 to a noise x_T that DDIM with
         ``eta = 0`` and the same ``steps`` maps back to (nearly) x0.
 

@@ -98,6 +98,12 @@ def bicubic_upsample(low_resolution: Tensor, factor: int) -> Tensor:
     return F.interpolate(low_resolution, scale_factor=factor, mode="bicubic", align_corners=False).clamp(-1, 1)
 
 
+def mask_from_image(image: Tensor) -> Tensor:
+    """A mask (B, 1, R, R), 1 = fill, from a mask image (B, 3, R, R) in [-1, 1]: 1 where it is
+    lighter than mid-grey (the white strokes a person paints)."""
+    return (image.mean(dim=1, keepdim=True) > 0).float()
+
+
 def paste(generated: Tensor, images: Tensor, masks: Tensor) -> Tensor:
     """Keep the known pixels: ``masks * generated + (1 - masks) * images``."""
     return masks * generated + (1 - masks) * images

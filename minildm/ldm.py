@@ -1,42 +1,33 @@
 """The latent diffusion model: a frozen autoencoder, a scale factor, and a UNet between them
 (Rombach et al. 2022, Sec. 3.2; stage 2 of the course).
 
-Training never touches pixels: the training images are encoded once (and their mirror images,
-for augmentation), the latents are cached in the run folder, multiplied by the autoencoder's
-scale factor so they have unit variance, and the UNet learns to denoise them (LDM eq. 2).
-Sampling runs DDPM or DDIM in latent space and decodes once at the end.
+The UNet learns to denoise the autoencoder's latents, multiplied by the autoencoder's scale
+factor so they have unit variance (LDM eq. 2). Sampling runs DDPM or DDIM in latent space and
+decodes once at the end.
 
-A conditional model (Sec. 3.3) adds a condition y: tokens from an encoder tau_theta
+A conditional model (Sec. 3.3) adds a condition y: tokens from a condition encoder tau_theta
 (:mod:`minildm.conditioning`) that the UNet reads by cross-attention, sampled with
 classifier-free guidance; or an image (:mod:`minildm.image_conditions`) concatenated to the
 UNet's input, for inpainting and super-resolution.
 
-A run folder written by :func:`train_ldm` holds everything :func:`load_ldm` needs: the
-configuration (``config.json``) and, in ``weights.safetensors``, the EMA weights of the UNet
-(and of the condition encoder) together with a copy of the autoencoder.
+Training (the latent cache, :func:`~minildm.ldm_training.train_ldm`) and loading a run folder
+(:func:`~minildm.ldm_training.load_ldm`) are in :mod:`minildm.ldm_training`.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from minildm import checkpoint as ckpt
-from minildm.autoencoder import Autoencoder, AutoencoderConfig, PixelSpace, build_autoencoder
-from minildm.autoencoder_training import load_autoencoder
+from minildm.autoencoder import Autoencoder, AutoencoderConfig, build_autoencoder
 from minildm.conditioning import CONCAT_KINDS, TOKEN_KINDS, ConditioningConfig, build_encoder, pad
-from minildm.config import MinildmError, Profile
-from minildm.diffusion import Diffusion, Trajectory
-from minildm.image_conditions import (downsample, inpainting_condition, paste, random_masks,
-                                      superres_condition)
-from minildm.images import float_to_uint8, uint8_to_float
-from minildm.metrics import InceptionFeatures, feature_distances
-from minildm.train import Trainer, TrainConfig
+from minildm.config import SavedConfig
+from minildm.diffusion import DiffusionConfig, Trajectory
+from minildm.image_conditions import inpainting_condition, paste, superres_condition
 from minildm.unet import UNet, UNetConfig
 
 SAMPLERS = ("ddim", "ddpm")
@@ -44,24 +35,8 @@ DEFAULT_GUIDANCE = 3.0  # classifier-free guidance scale for token-conditioned s
 
 
 @dataclass
-class DiffusionConfig:
-    """The noise schedule and what the UNet predicts (see :class:`minildm.diffusion.Diffusion`)."""
-
-    schedule: str = "linear"
-    timesteps: int = 1000
-    beta_start: float = 0.0015
-    beta_end: float = 0.0195
-    prediction: str = "eps"
-    min_snr_gamma: float | None = None
-
-    def build(self) -> Diffusion:
-        return Diffusion(self.schedule, self.timesteps, self.beta_start, self.beta_end,
-                         self.prediction, self.min_snr_gamma)
-
-
-@dataclass
-class LDMConfig:
-    """Everything that defines a latent diffusion model, saved as the run's ``config.json``.
+class LDMConfig(SavedConfig):
+    """Everything that defines a latent diffusion model, saved in the run's ``config.json``.
 
     Attributes:
         unet: the UNet's sizes.
@@ -78,16 +53,16 @@ class LDMConfig:
     use_scale_factor: bool = True
     conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
 
-    def to_dict(self) -> dict:
-        return {"unet": self.unet.to_dict(), "diffusion": vars(self.diffusion).copy(),
-                "autoencoder": self.autoencoder.to_dict(), "use_scale_factor": self.use_scale_factor,
-                "conditioning": self.conditioning.to_dict()}
 
-    @classmethod
-    def from_dict(cls, values: dict) -> LDMConfig:
-        return cls(UNetConfig.from_dict(values["unet"]), DiffusionConfig(**values["diffusion"]),
-                   AutoencoderConfig.from_dict(values["autoencoder"]), values["use_scale_factor"],
-                   ConditioningConfig(**values.get("conditioning", {})))
+@contextlib.contextmanager
+def evaluating(module: nn.Module) -> Iterator[None]:
+    """Put ``module`` in eval mode for the block, then back in the mode it was in."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 class LatentDiffusion(nn.Module):
@@ -99,7 +74,7 @@ class LatentDiffusion(nn.Module):
         self.config = config
         self.autoencoder = (autoencoder or build_autoencoder(config.autoencoder)).eval().requires_grad_(False)
         self.unet = UNet(config.unet)
-        self.encoder = build_encoder(config.conditioning)
+        self.condition_encoder = build_encoder(config.conditioning)  # tau_theta, None without tokens
         self.diffusion = config.diffusion.build()
 
     @property
@@ -109,7 +84,8 @@ class LatentDiffusion(nn.Module):
 
     def networks(self) -> nn.ModuleDict:
         """The trained networks: the UNet, and the condition encoder if there is one."""
-        return nn.ModuleDict({"unet": self.unet, **({"encoder": self.encoder} if self.encoder else {})})
+        encoder = {"condition_encoder": self.condition_encoder} if self.condition_encoder else {}
+        return nn.ModuleDict({"unet": self.unet, **encoder})
 
     @property
     def scale(self) -> float:
@@ -134,10 +110,6 @@ class LatentDiffusion(nn.Module):
         """Scaled latents -> images in [-1, 1]."""
         return self.autoencoder.decode(latents / self.scale).clamp(-1, 1)
 
-    def denoise(self, z_t: Tensor, t: Tensor) -> Tensor:
-        """The UNet's output for noisy latents at time steps ``t``, without a condition."""
-        return self.denoiser(batch_size=len(z_t))(z_t, t)
-
     def denoiser(self, condition: Tensor | None = None, guidance: float = 1.0, batch_size: int | None = None,
                  networks: nn.ModuleDict | None = None) -> Callable[[Tensor, Tensor], Tensor]:
         """The function ``(z_t, t) -> UNet output`` that the samplers call.
@@ -158,7 +130,7 @@ class LatentDiffusion(nn.Module):
             raise ValueError(f"this model does {self.kind}: it needs its input image as the condition")
         if self.kind in CONCAT_KINDS:
             return lambda z_t, t: unet(torch.cat([z_t, condition], dim=1), t)
-        encoder = networks["encoder"]
+        encoder = networks["condition_encoder"]
         tokens, mask = encoder(condition) if condition is not None else encoder.null(batch_size)
         if guidance == 1.0:
             return lambda z_t, t: unet(z_t, t, tokens, mask)
@@ -179,41 +151,53 @@ class LatentDiffusion(nn.Module):
         if self.kind not in TOKEN_KINDS:
             return self.diffusion.loss(self.denoiser(condition), latents, generator)
         drop = torch.rand(len(latents), generator=generator) < self.config.conditioning.drop_probability
-        tokens, mask = self.encoder(condition, drop.to(latents.device))
+        tokens, mask = self.condition_encoder(condition, drop.to(latents.device))
         return self.diffusion.loss(lambda z_t, t: self.unet(z_t, t, tokens, mask), latents, generator)
 
     @torch.no_grad()
-    def sample(self, n: int, resolution: int, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
-               generator: torch.Generator | None = None, noise: Tensor | None = None,
-               return_trajectory: bool = False, progress: bool = False, condition: Tensor | None = None,
-               guidance: float = 1.0) -> Tensor | tuple[Tensor, Trajectory]:
+    def sample(self, n: int, resolution: int, *, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
+               generator: torch.Generator | None = None, noise: Tensor | None = None, progress: bool = False,
+               condition: Tensor | None = None, guidance: float = 1.0) -> Tensor:
         """``n`` images (n, 3, R, R) in [-1, 1]: noise -> DDIM/DDPM in latent space -> decoder.
 
         ``noise`` fixes the starting latents (n, c, R/f, R/f); otherwise they are drawn with
-        ``generator``. With ``return_trajectory``, also the sampler's latent trajectory.
+        ``generator``. ``steps`` and ``eta`` are DDIM's (DDPM runs all T steps).
         ``condition`` (n rows) and ``guidance``: see :meth:`denoiser`.
         """
+        run = self.diffusion.ddim_sample if sampler == "ddim" else self.diffusion.ddpm_sample
+        with evaluating(self.networks()):
+            denoise, x_T = self._start(n, resolution, sampler, generator, noise, condition, guidance)
+            latents = run(denoise, x_T, **self._options(sampler, steps, eta, generator, progress))
+        return self.decode(latents)
+
+    @torch.no_grad()
+    def sample_trajectory(self, n: int, resolution: int, *, sampler: str = "ddim", steps: int = 50,
+                          eta: float = 0.0, generator: torch.Generator | None = None, noise: Tensor | None = None,
+                          progress: bool = False, condition: Tensor | None = None,
+                          guidance: float = 1.0) -> tuple[Tensor, Trajectory]:
+        """:meth:`sample`, and the sampler's trajectory in latent space (states and predicted x0)."""
+        run = self.diffusion.ddim_trajectory if sampler == "ddim" else self.diffusion.ddpm_trajectory
+        with evaluating(self.networks()):
+            denoise, x_T = self._start(n, resolution, sampler, generator, noise, condition, guidance)
+            trajectory = run(denoise, x_T, **self._options(sampler, steps, eta, generator, progress))
+        return self.decode(trajectory.result), trajectory
+
+    def _start(self, n: int, resolution: int, sampler: str, generator: torch.Generator | None,
+               noise: Tensor | None, condition: Tensor | None, guidance: float) -> tuple[Callable, Tensor]:
+        """The denoiser and the starting noise x_T (n, c, R/f, R/f) of a sampling run."""
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
         if condition is not None and len(condition) != n:
             raise ValueError(f"{len(condition)} conditions for {n} samples")
         if noise is None:
             noise = torch.randn((n, *self.latent_shape(resolution)), generator=generator)
-        noise = noise.to(self.device)
-        was_training = self.unet.training
-        self.networks().eval()
-        denoise = self.denoiser(None if condition is None else condition.to(self.device), guidance, n)
-        if sampler == "ddim":
-            result = self.diffusion.ddim_sample(denoise, noise, steps, eta, generator=generator,
-                                                return_trajectory=return_trajectory, progress=progress)
-        else:
-            result = self.diffusion.ddpm_sample(denoise, noise, generator=generator,
-                                                return_trajectory=return_trajectory, progress=progress)
-        self.networks().train(was_training)
-        if return_trajectory:
-            latents, trajectory = result
-            return self.decode(latents), trajectory
-        return self.decode(result)
+        condition = None if condition is None else condition.to(self.device)
+        return self.denoiser(condition, guidance, n), noise.to(self.device)
+
+    @staticmethod
+    def _options(sampler: str, steps: int, eta: float, generator: torch.Generator | None, progress: bool) -> dict:
+        options = {"generator": generator, "progress": progress}
+        return {**options, "steps": steps, "eta": eta} if sampler == "ddim" else options
 
     def inpainting_condition(self, images: Tensor, masks: Tensor) -> Tensor:
         """Images (B, 3, R, R) in [-1, 1] and masks (B, 1, R, R), 1 = fill -> the UNet's
@@ -221,7 +205,7 @@ class LatentDiffusion(nn.Module):
         return inpainting_condition(self.encode, images.to(self.device), masks.to(self.device))
 
     @torch.no_grad()
-    def inpaint(self, images: Tensor, masks: Tensor, steps: int = 50, generator: torch.Generator | None = None,
+    def inpaint(self, images: Tensor, masks: Tensor, *, steps: int = 50, generator: torch.Generator | None = None,
                 keep_known: bool = True) -> Tensor:
         """Fill the masked regions (masks (B, 1, R, R), 1 = fill) of images in [-1, 1]. With
         ``keep_known`` the known pixels are pasted back: the decoder reproduces them only up
@@ -229,181 +213,16 @@ class LatentDiffusion(nn.Module):
         if self.kind != "inpaint":
             raise ValueError(f"this model does {self.kind}, not inpainting")
         condition = self.inpainting_condition(images, masks)
-        generated = self.sample(len(images), images.shape[-1], "ddim", steps, generator=generator,
+        generated = self.sample(len(images), images.shape[-1], steps=steps, generator=generator,
                                 condition=condition).cpu()
         return paste(generated, images.cpu(), masks.cpu()) if keep_known else generated
 
     @torch.no_grad()
-    def upscale(self, low_resolution: Tensor, steps: int = 50, generator: torch.Generator | None = None) -> Tensor:
+    def upscale(self, low_resolution: Tensor, *, steps: int = 50, generator: torch.Generator | None = None) -> Tensor:
         """Super-resolution: images (B, 3, r, r) in [-1, 1] -> (B, 3, r * factor, r * factor)."""
         if self.kind != "superres":
             raise ValueError(f"this model does {self.kind}, not super-resolution")
         resolution = low_resolution.shape[-1] * self.config.conditioning.superres_factor
         condition = superres_condition(low_resolution.to(self.device), self.latent_shape(resolution)[1:])
-        return self.sample(len(low_resolution), resolution, "ddim", steps, generator=generator,
+        return self.sample(len(low_resolution), resolution, steps=steps, generator=generator,
                            condition=condition).cpu()
-
-
-def ldm_config(profile: Profile, autoencoder: Autoencoder, use_scale_factor: bool = True,
-               prediction: str | None = None, conditioning: ConditioningConfig | None = None) -> LDMConfig:
-    """The profile's UNet on the latents of ``autoencoder``; ``prediction`` overrides the
-    profile's target (eps, x0 or v). Token conditioning adds cross-attention, concat
-    conditioning input channels (c + 1 for inpainting, 3 for super-resolution)."""
-    preset, conditioning = profile.diffusion, conditioning or ConditioningConfig()
-    channels = autoencoder.config.latent_channels
-    extra = {"inpaint": channels + 1, "superres": 3}.get(conditioning.kind, 0)
-    context = conditioning.channels if conditioning.kind in TOKEN_KINDS else None
-    unet = UNetConfig(in_channels=channels + extra, out_channels=channels, base_channels=preset.base_channels,
-                      channel_mult=preset.channel_mult, res_blocks=preset.res_blocks,
-                      attention_levels=preset.cross_attention_levels if context else preset.attention_levels,
-                      context_channels=context)
-    return LDMConfig(unet, DiffusionConfig(prediction=prediction or preset.prediction), autoencoder.config,
-                     use_scale_factor, conditioning)
-
-
-def cached_latents(run_dir: Path, model: LatentDiffusion, pixels: Tensor) -> Tensor:
-    """Scaled latents of the images and of their mirror images (2N, c, h, w), encoded once
-    and kept in the run folder as ``latents.safetensors``."""
-    path = run_dir / "latents.safetensors"
-    if path.exists():
-        tensors, metadata = ckpt.load(path)
-        if metadata.get("n_images") == len(pixels) and metadata.get("scale") == model.scale:
-            return tensors["latents"]
-    images = uint8_to_float(pixels)  # (N, 3, R, R)
-    latents = model.encode(torch.cat([images, images.flip(-1)])).cpu()  # (2N, c, h, w)
-    ckpt.save_atomic({"latents": latents}, path, {"n_images": len(pixels), "scale": model.scale})
-    return latents
-
-
-def training_conditions(run_dir: Path, model: LatentDiffusion, pixels: Tensor, conditions: Tensor | None,
-                        seed: int = 0) -> Tensor | None:
-    """The condition of each row of :func:`cached_latents` (images, then mirror images).
-
-    Token conditions (N, ...) are repeated for the mirror images. Inpainting draws one random
-    mask per row and encodes the masked images, super-resolution downsamples the images;
-    both are kept in the run folder as ``conditions.safetensors``.
-    """
-    if model.kind == "none":
-        return None
-    if model.kind in TOKEN_KINDS:
-        if conditions is None or len(conditions) != len(pixels):
-            raise MinildmError(f"a {model.kind}-conditioned model needs one condition per training image")
-        return torch.cat([conditions, conditions])
-    path = run_dir / "conditions.safetensors"
-    if path.exists():
-        tensors, metadata = ckpt.load(path)
-        if metadata.get("n_images") == len(pixels) and metadata.get("kind") == model.kind:
-            return tensors["conditions"]
-    images = uint8_to_float(pixels)
-    images = torch.cat([images, images.flip(-1)])  # (2N, 3, R, R)
-    if model.kind == "inpaint":
-        masks = random_masks(len(images), images.shape[-1], torch.Generator().manual_seed(seed))
-        result = torch.cat([model.inpainting_condition(batch, mask).cpu()
-                            for batch, mask in zip(images.split(256), masks.split(256))])
-    else:
-        low = downsample(images, model.config.conditioning.superres_factor)
-        result = superres_condition(low, model.latent_shape(images.shape[-1])[1:])
-    ckpt.save_atomic({"conditions": result}, path, {"n_images": len(pixels), "kind": model.kind})
-    return result
-
-
-def train_ldm(run_dir: str | Path, autoencoder_dir: str | Path | None, pixels: Tensor, profile: Profile,
-              steps: int | None = None, seed: int = 0, use_scale_factor: bool = True,
-              prediction: str | None = None, data_description: dict | None = None,
-              progress: bool = True, conditioning: ConditioningConfig | None = None,
-              conditions: Tensor | None = None) -> LatentDiffusion:
-    """Train (or resume) a UNet on the latents of uint8 images (N, 3, R, R); returns the model
-    with its EMA weights loaded, ready to sample. ``autoencoder_dir`` None trains on the
-    pixels themselves (:class:`minildm.autoencoder.PixelSpace`, the paper's LDM-1).
-
-    ``conditioning`` makes a conditional model; token kinds need ``conditions``, one per
-    image (:func:`minildm.conditioning.condition_tensor`), concat kinds make theirs from the
-    images. AdamW with a short warm-up and a cosine decay; EMA of the weights for sampling.
-    """
-    run_dir, preset = Path(run_dir), profile.diffusion
-    device = torch.device(profile.device)
-    autoencoder = PixelSpace() if autoencoder_dir is None else load_autoencoder(autoencoder_dir, device)
-    torch.manual_seed(seed)
-    config = ldm_config(profile, autoencoder, use_scale_factor, prediction, conditioning)
-    model = LatentDiffusion(config, autoencoder).to(device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    data = {"latents": cached_latents(run_dir, model, pixels)}
-    train_conditions = training_conditions(run_dir, model, pixels, conditions, seed)
-    if train_conditions is not None:
-        data["conditions"] = train_conditions
-    networks = model.networks()
-    optimizer = torch.optim.AdamW(networks.parameters(), lr=preset.learning_rate, weight_decay=0.0)
-
-    def loss_fn(batch, step):
-        loss = model.loss(batch["latents"], condition=batch.get("conditions"))
-        return {"networks": loss}, {"loss": loss.item()}
-
-    figure_noise = torch.randn((16, *model.latent_shape(pixels.shape[-1])),
-                               generator=torch.Generator().manual_seed(seed)).to(device)
-    figure_conditions = None if train_conditions is None else train_conditions[:16].to(device)
-
-    def figure_fn(modules, step):
-        averaged = nn.ModuleDict({name: modules[name] for name in networks})
-        denoise = model.denoiser(figure_conditions, DEFAULT_GUIDANCE if model.kind in TOKEN_KINDS else 1.0,
-                                 len(figure_noise), averaged)
-        return model.decode(model.diffusion.ddim_sample(denoise, figure_noise, steps=25))
-
-    steps = steps or preset.steps
-    train_config = TrainConfig(steps=steps, batch_size=preset.batch_size, ema_decay=preset.ema_decay, seed=seed,
-                               warmup_steps=min(100, steps // 10), cosine_decay=True,
-                               checkpoint_every=max(1, steps // 5), figure_every=max(1, steps // 5))
-    run_config = {"stage": "ldm", "model": model.config.to_dict(), "learning_rate": preset.learning_rate,
-                  "autoencoder_dir": autoencoder_dir and str(autoencoder_dir), "data": data_description or {}}
-    trainer = Trainer(run_dir, {**networks, "autoencoder": model.autoencoder}, {"networks": optimizer},
-                      loss_fn, data, train_config, run_config, ema_of=list(networks), figure_fn=figure_fn,
-                      progress=progress)
-    trainer.fit()
-    for name, network in networks.items():
-        network.load_state_dict(trainer.sampling_module(name).state_dict())
-    return model.eval()
-
-
-def load_ldm(run_dir: str | Path, device: str | torch.device = "cpu") -> LatentDiffusion:
-    """The model of a run folder written by :func:`train_ldm`, with its EMA weights."""
-    run_dir = Path(run_dir)
-    run_config = ckpt.read_run_config(run_dir, "ldm", "a latent diffusion model")
-    try:
-        model = LatentDiffusion(LDMConfig.from_dict(run_config["model"]))
-    except (KeyError, TypeError, ValueError) as error:
-        raise ckpt.CheckpointError(f"{run_dir / 'config.json'} does not describe a model this version can build: "
-                                   f"{error}") from None
-    weights_path = run_dir / "weights.safetensors"
-    tensors, _ = ckpt.load(weights_path)
-    for name, network in model.networks().items():
-        ckpt.load_weights(network, ckpt.strip_prefix(name, tensors), str(weights_path))
-    ckpt.load_weights(model.autoencoder, ckpt.strip_prefix("autoencoder", tensors), str(weights_path))
-    return model.to(device).eval()
-
-
-@torch.no_grad()
-def evaluate_ldm(model: LatentDiffusion, reference: Tensor, n_samples: int | None = None, steps: int = 50,
-                 generator: torch.Generator | None = None, features=None, batch_size: int = 250,
-                 extra_features: dict | None = None) -> dict:
-    """Sample quality against uint8 reference images (N, 3, R, R): FID and KID (with its std
-    over subsets) on Inception features, the sample counts and the sampling speed.
-
-    ``features``: a feature extractor (uint8 images -> (N, D)); default the FID Inception.
-    ``extra_features``: more extractors by name (e.g. ``{"toyface": ToyFaceFeatures(judge)}``),
-    scored on the same samples and reported as ``{name}_fid``, ``{name}_kid``, ...
-    """
-    features = features or InceptionFeatures(model.device)
-    n_samples = n_samples or len(reference)
-    resolution = reference.shape[-1]
-    started = time.perf_counter()
-    samples = torch.cat([float_to_uint8(model.sample(len(chunk), resolution, "ddim", steps, generator=generator).cpu())
-                         for chunk in torch.arange(n_samples).split(batch_size)])
-    seconds = time.perf_counter() - started
-    results = {**feature_distances(features(reference), features(samples)), "n_samples": n_samples,
-               "n_reference": len(reference), "sampler": f"DDIM {steps} steps, eta 0",
-               "features": getattr(features, "description", type(features).__name__),
-               "sample_images_per_s": round(n_samples / seconds, 1)}
-    for name, extractor in (extra_features or {}).items():
-        distances = feature_distances(extractor(reference), extractor(samples))
-        results.update({f"{name}_{key}": value for key, value in distances.items()})
-        results[f"{name}_features"] = extractor.description
-    return results

@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from minildm.autoencoder import AutoencoderConfig
-from minildm.config import MinildmError, data_dir
+from minildm.config import MinildmError, SavedConfig, data_dir
 from minildm.nn import normalization
 
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
@@ -247,7 +247,7 @@ def frozen(module: nn.Module) -> Iterator[nn.Module]:
 
 
 @dataclass
-class LossConfig:
+class LossConfig(SavedConfig):
     """Weights of the autoencoder objective (defaults: the paper's KL recipe, App. G).
 
     Attributes:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import signal
 import threading
@@ -40,7 +39,7 @@ LossFunction = Callable[[Batch, int], tuple[dict[str, torch.Tensor], dict[str, f
 
 
 class TrainingError(MinildmError):
-    """Training cannot go on (a NaN loss, a run folder from another configuration)."""
+    """Training cannot go on: a loss became NaN or infinite."""
 
 
 @dataclass
@@ -141,7 +140,7 @@ class Trainer:
 
     def fit(self, resume: bool = True) -> list[dict[str, float]]:
         """Train until ``config.steps``, resuming from the run folder's checkpoint if any."""
-        self._write_run_config()
+        ckpt.write_run_config(self.run_dir, self.run_config)
         if resume and self.checkpoint_path.exists():
             self.load_checkpoint()
         bar = tqdm(total=self.config.steps, initial=self.step, desc="training", disable=not self.progress)
@@ -229,21 +228,9 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Everything needed to resume exactly, in one file, plus the weights to sample with."""
-        tensors: dict[str, torch.Tensor] = {}
-        optimizer_rest = {}
-        for name, module in self.modules.items():
-            tensors.update(ckpt.with_prefix(f"model.{name}", module.state_dict()))
-        for name, ema in self.ema.items():
-            tensors.update(ckpt.with_prefix(f"ema.{name}", ema.module.state_dict()))
-        for name, optimizer in self.optimizers.items():
-            state, optimizer_rest[name] = ckpt.optimizer_to_tensors(optimizer)
-            tensors.update(ckpt.with_prefix(f"optimizer.{name}", state))
-        tensors["rng.cpu"] = torch.get_rng_state()
-        if torch.cuda.is_available():
-            tensors["rng.cuda"] = torch.cuda.get_rng_state()
-        metadata = {"step": self.step, "optimizers": optimizer_rest, "history": self.history,
-                    "train_config": asdict(self.config)}
-        ckpt.save_atomic(tensors, self.checkpoint_path, metadata)
+        metadata = {"step": self.step, "history": self.history, "train_config": asdict(self.config)}
+        ckpt.save_training_state(self.checkpoint_path, modules=self.modules, averages=self._averages(),
+                                 optimizers=self.optimizers, metadata=metadata)
         self.saved_step = self.step
         self.export_weights()
         return self.checkpoint_path
@@ -256,34 +243,13 @@ class Trainer:
         return ckpt.save_atomic(tensors, self.run_dir / "weights.safetensors", {"step": self.step})
 
     def load_checkpoint(self) -> None:
-        tensors, metadata = ckpt.load(self.checkpoint_path)
-        source = str(self.checkpoint_path)
-        for name, module in self.modules.items():
-            ckpt.load_weights(module, ckpt.strip_prefix(f"model.{name}", tensors), source)
-        for name, ema in self.ema.items():
-            ckpt.load_weights(ema.module, ckpt.strip_prefix(f"ema.{name}", tensors), source)
-        for name, optimizer in self.optimizers.items():
-            ckpt.optimizer_from_tensors(optimizer, ckpt.strip_prefix(f"optimizer.{name}", tensors),
-                                        metadata["optimizers"][name])
-        torch.set_rng_state(tensors["rng.cpu"])
-        if "rng.cuda" in tensors and torch.cuda.is_available():
-            torch.cuda.set_rng_state(tensors["rng.cuda"])
+        metadata = ckpt.load_training_state(self.checkpoint_path, modules=self.modules, averages=self._averages(),
+                                            optimizers=self.optimizers)
         self.step, self.history = metadata["step"], metadata["history"]
         self.saved_step = self.step
 
-    def _write_run_config(self) -> None:
-        path = self.run_dir / "config.json"
-        if path.exists():
-            saved = json.loads(path.read_text())
-            if saved != json.loads(json.dumps(self.run_config)):
-                changed = sorted(k for k in {*saved, *self.run_config} if saved.get(k) != self.run_config.get(k))
-                raise TrainingError(f"{self.run_dir} holds a run with another configuration "
-                                    f"(differs in: {', '.join(changed)}); choose another --out or delete it")
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".json.tmp")
-        temporary.write_text(json.dumps(self.run_config, indent=2))
-        temporary.replace(path)
+    def _averages(self) -> dict[str, nn.Module]:
+        return {name: ema.module for name, ema in self.ema.items()}
 
     @contextlib.contextmanager
     def _ctrl_c_finishes_the_step(self):

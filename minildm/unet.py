@@ -21,19 +21,20 @@ channels.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from minildm.attention import SpatialTransformer
+from minildm.config import SavedConfig
 from minildm.nn import Downsample, ResBlock, SelfAttention2d, Upsample, normalization, zero_module
 
 
 @dataclass
-class UNetConfig:
-    """Sizes of the UNet; ``to_dict`` / ``from_dict`` round-trip JSON.
+class UNetConfig(SavedConfig):
+    """Sizes of the UNet; saved in a run folder's ``config.json``.
 
     Attributes:
         in_channels, out_channels: channels of the latent (4 for a KL autoencoder, 3 for VQ).
@@ -59,21 +60,6 @@ class UNetConfig:
     head_channels: int = 32
     dropout: float = 0.0
     context_channels: int | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> UNetConfig:
-        known = {field.name for field in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown UNet settings {sorted(unknown)}")
-        values = dict(values)
-        for name in ("channel_mult", "attention_levels"):
-            if name in values:
-                values[name] = tuple(values[name])
-        return cls(**values)
 
 
 def timestep_embedding(t: Tensor, channels: int, max_period: float = 10_000.0) -> Tensor:

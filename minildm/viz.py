@@ -9,7 +9,7 @@ import torch
 from einops import rearrange
 from PIL import Image
 
-from minildm.images import float_to_uint8
+from minildm.data.images import float_to_uint8
 
 
 def image_grid(images: torch.Tensor, ncols: int = 8, padding: int = 1) -> torch.Tensor:

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from minildm import autoencoder_training, toyfaces
+from minildm import autoencoder_training
+from minildm.data import toyfaces
 from minildm.config import get_profile
-from minildm.images import float_to_uint8
+from minildm.data.images import float_to_uint8
 
 
 @pytest.fixture
@@ -28,4 +29,4 @@ def train_tiny_autoencoder(run_dir, pixels):
     """A KL f = 4 autoencoder trained on ``pixels`` in the tiny profile; returns it."""
     profile = get_profile("tiny")
     config = autoencoder_training.autoencoder_config(profile, factor=4, reg="kl")
-    return autoencoder_training.train_autoencoder(run_dir, pixels, config, profile, progress=False)
+    return autoencoder_training.train_autoencoder(run_dir, pixels, config=config, profile=profile, progress=False)

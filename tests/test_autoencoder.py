@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
-from minildm import toyfaces
+from minildm.data import toyfaces
 from minildm.autoencoder import (AutoencoderConfig, AutoencoderKL, AutoencoderVQ, DiagonalGaussian,
                                  PixelSpace, VectorQuantizer, build_autoencoder, measure_scale_factor,
                                  pixel_space_config)
@@ -56,7 +56,7 @@ def test_config_round_trips_through_json_and_rejects_bad_values():
     assert AutoencoderConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     assert config.channel_multipliers == (1, 2, 4, 4)
     assert AutoencoderConfig(factor=16).channel_multipliers == (1, 1, 2, 2, 4)
-    with pytest.raises(ValueError, match="unknown autoencoder config keys: colour"):
+    with pytest.raises(ValueError, match="unknown key 'colour' in AutoencoderConfig"):
         AutoencoderConfig.from_dict({**config.to_dict(), "colour": "red"})
     with pytest.raises(ValueError, match="factor must be 4, 8 or 16, got 2"):
         AutoencoderConfig(factor=2)

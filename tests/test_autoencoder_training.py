@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import torch
 from minildm import autoencoder_training as stage
 from minildm import checkpoint as ckpt
 from minildm.config import get_profile
+from minildm.evaluation.scores import evaluate_autoencoder
 
 from conftest import toy_pixels, train_tiny_autoencoder
 
@@ -54,7 +56,7 @@ def test_scale_factor_makes_latents_unit_variance(trained, pixels):
 
 
 def test_evaluate_reports_quality_and_shapes(trained, pixels):
-    results = stage.evaluate_autoencoder(trained[1], pixels[:16])
+    results = evaluate_autoencoder(trained[1], pixels[:16])
     assert results["latent_shape"] == [4, 8, 8] and results["n_images"] == 16
     assert 5 < results["psnr"] < 60 and -1 <= results["ssim"] <= 1
     assert results["scale_factor"] == pytest.approx(trained[1].scale_factor.item(), rel=1e-4)
@@ -64,7 +66,7 @@ def test_finished_run_is_not_trained_again(trained, pixels):
     run_dir, autoencoder = trained
     before = (run_dir / "weights.safetensors").read_bytes()
     profile = get_profile("tiny")
-    again = stage.train_autoencoder(run_dir, pixels, stage.autoencoder_config(profile), profile,
+    again = stage.train_autoencoder(run_dir, pixels, config=stage.autoencoder_config(profile), profile=profile,
                                     progress=False)
     assert torch.equal(again.decoder.conv_out.weight, autoencoder.decoder.conv_out.weight)
     assert again.scale_factor.item() == pytest.approx(autoencoder.scale_factor.item())
@@ -75,8 +77,8 @@ def test_other_configuration_is_refused(trained, pixels):
     run_dir, _ = trained
     profile = get_profile("tiny")
     with pytest.raises(ckpt.MinildmError, match="another configuration"):
-        stage.train_autoencoder(run_dir, pixels, stage.autoencoder_config(profile, factor=8), profile,
-                                progress=False)
+        stage.train_autoencoder(run_dir, pixels, config=stage.autoencoder_config(profile, factor=8),
+                                profile=profile, progress=False)
     config = json.loads((run_dir / "config.json").read_text())
     config["autoencoder"]["base_channels"] *= 2
     other = run_dir.parent / "edited"
@@ -90,8 +92,8 @@ def test_other_configuration_is_refused(trained, pixels):
 def test_vq_autoencoder_reports_codebook_use(tmp_path, pixels):
     profile = get_profile("tiny")
     config = stage.autoencoder_config(profile, reg="vq")
-    autoencoder = stage.train_autoencoder(tmp_path, pixels, config, profile, steps=5, progress=False)
-    results = stage.evaluate_autoencoder(autoencoder, pixels[:16])
+    autoencoder = stage.train_autoencoder(tmp_path, pixels, config=config, profile=profile, steps=5, progress=False)
+    results = evaluate_autoencoder(autoencoder, pixels[:16])
     assert autoencoder.scale_factor.item() == 1.0 and results["latent_shape"] == [3, 8, 8]
     assert 1 <= results["perplexity"] <= config.codebook_size
     assert results["codebook_usage"] == pytest.approx(results["perplexity"] / config.codebook_size, abs=1e-3)
@@ -125,3 +127,23 @@ def test_command_line_trains_and_evaluates(tmp_path):
     missing = subprocess.run([*run, "evaluate", "--profile", "tiny", "--ae", str(tmp_path / "nope")],
                              capture_output=True, text=True, **env_args)
     assert missing.returncode == 1 and "not an autoencoder run folder" in missing.stderr
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda config: config.update(colour="red"), "unknown key 'colour'"),
+    (lambda config: config.pop("loss"), "missing key 'loss'"),
+    (lambda config: config["autoencoder"].update(depth=3), "unknown key 'depth' in autoencoder"),
+    (lambda config: config["autoencoder"].pop("patch_size"), "missing key 'patch_size' in autoencoder"),
+    (lambda config: config["loss"].pop("disc_start"), "missing key 'disc_start' in loss"),
+])
+def test_a_run_folder_with_an_unknown_or_missing_key_is_refused_naming_it(trained, tmp_path, edit, named):
+    run_dir, _ = trained
+    config = json.loads((run_dir / "config.json").read_text())
+    edit(config)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    shutil.copy(run_dir / "weights.safetensors", tmp_path)
+    with pytest.raises(ckpt.CheckpointError, match=f"config.json does not describe an autoencoder .*: {named}$"):
+        stage.load_autoencoder(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "minildm", "evaluate", "--profile", "tiny", "--ae", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and named in result.stderr

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from minildm import bench
-from minildm.bench import (BenchResult, check_sizes, markdown_table, median_seconds, run_bench,
+from minildm.evaluation import bench
+from minildm.evaluation.bench import (BenchResult, check_sizes, markdown_table, median_seconds, run_bench,
                            saved_activation_bytes, speedups, steps_for_budget)
 from minildm.config import MinildmError, get_profile
 
@@ -35,7 +35,7 @@ def test_the_latent_model_trains_faster_on_fewer_positions_with_the_same_unet():
     pixel, latent = run_bench(profile, (32,), (1, 4), batch_size=8, repeats=2, warmup=1, sampling_steps=2)
     assert (pixel.unet_input, latent.unet_input) == ("3x32x32", "4x8x8")
     # the same UNet: only the first and last convolutions see the 3 or 4 input channels
-    base = profile.diffusion.base_channels
+    base = profile.ldm.base_channels
     assert latent.parameters - pixel.parameters == 9 * base + 9 * base + 1
     assert latent.train_images_per_s > 2 * pixel.train_images_per_s  # 16x fewer positions
     assert latent.memory_mb < pixel.memory_mb / 2

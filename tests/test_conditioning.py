@@ -4,12 +4,14 @@ learns its condition."""
 import pytest
 import torch
 
-from minildm import autoencoder_training, data, toyfaces
+from minildm import autoencoder_training, data
+from minildm.data import toyfaces
 from minildm.conditioning import (AttributeEncoder, ClassEncoder, ConditioningConfig, TextEncoder, WordTokenizer,
                                   condition_tensor, conditioning_config)
 from minildm.config import MinildmError, get_profile
 from minildm.autoencoder import build_autoencoder
-from minildm.ldm import LatentDiffusion, ldm_config
+from minildm.ldm import LatentDiffusion
+from minildm.ldm_training import ldm_config
 
 
 @pytest.fixture(scope="module")
@@ -65,17 +67,17 @@ def test_the_text_encoder_ignores_padding():
 
 def test_configurations_come_from_the_data(faces):
     attributes = conditioning_config("attributes", faces)
-    assert attributes.names == list(toyfaces.ATTRIBUTES)
+    assert attributes.attribute_names == list(toyfaces.ATTRIBUTES)
     assert torch.equal(condition_tensor(attributes, faces), faces.attributes)
     subset = conditioning_config("attributes", faces, attributes=["Smiling", "Eyeglasses"])
     assert torch.equal(condition_tensor(subset, faces), faces.attributes[:, [7, 5]])
     classes = conditioning_config("class", faces)
-    assert classes.names == list(toyfaces.HAIR_OPTIONS)
+    assert classes.class_names == list(toyfaces.HAIR_OPTIONS)
     assert torch.equal(faces.attributes[torch.arange(64), condition_tensor(classes, faces)], torch.ones(64, dtype=bool))
     text = conditioning_config("text", faces)
     ids = condition_tensor(text, faces)
     assert ids.shape == (64, text.max_length)
-    assert WordTokenizer(text.names).decode(ids[0]) == " ".join(WordTokenizer.words(faces.captions[0]))
+    assert WordTokenizer(text.vocabulary).decode(ids[0]) == " ".join(WordTokenizer.words(faces.captions[0]))
     with pytest.raises(MinildmError, match="unknown attribute.*Wings"):
         conditioning_config("attributes", faces, attributes=["Wings"])
     with pytest.raises(MinildmError, match="unknown conditioning"):
@@ -85,8 +87,9 @@ def test_configurations_come_from_the_data(faces):
 def tiny_model(kind: str, names: list[str], prediction: str = "v") -> LatentDiffusion:
     profile = get_profile("tiny")
     autoencoder = build_autoencoder(autoencoder_training.autoencoder_config(profile, factor=4, reg="kl"))
+    named = {"class": "class_names", "attributes": "attribute_names", "text": "vocabulary"}[kind]
     config = ldm_config(profile, autoencoder, prediction=prediction,
-                        conditioning=ConditioningConfig(kind, channels=16, names=names))
+                        conditioning=ConditioningConfig(kind, channels=16, **{named: names}))
     return LatentDiffusion(config, autoencoder)
 
 
@@ -97,9 +100,9 @@ def test_guidance_extrapolates_from_the_null_output_to_the_conditional_one():
         parameter.data.normal_(0, 0.1)
     z_t, t = torch.randn(2, 4, 8, 8), torch.tensor([100, 900])
     attributes = torch.tensor([[True, False, True], [False, False, False]])
-    tokens, mask = model.encoder(attributes)
+    tokens, mask = model.condition_encoder(attributes)
     conditional = model.unet(z_t, t, tokens, mask)
-    unconditional = model.unet(z_t, t, *model.encoder.null(2))
+    unconditional = model.unet(z_t, t, *model.condition_encoder.null(2))
     with torch.no_grad():
         assert torch.allclose(model.denoiser(attributes)(z_t, t), conditional, atol=1e-5)
         guided = model.denoiser(attributes, guidance=4.0)(z_t, t)

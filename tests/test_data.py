@@ -10,9 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from minildm import checkpoint, data, sources, toyfaces
+from minildm import checkpoint, data
+from minildm.data import sources, toyfaces
 from minildm.config import celeba_dir
-from minildm.data import DataError, load_images
+from minildm.data import load_images
+from minildm.data.sources import DataError
 
 
 @pytest.fixture
@@ -295,7 +297,7 @@ def test_random_flip_flips_about_half():
 def test_real_celeba_folder_with_its_attributes(cache):
     held_out = load_images(str(celeba_dir()), 32, 50, start=7000, cache_dir=cache, progress=False)
     assert held_out.pixels.shape == (50, 3, 32, 32) and len(held_out.attribute_names) == 40
-    table = data.read_celeba_attributes(celeba_dir() / "list_attr_celeba.txt")
+    table = sources.read_celeba_attributes(celeba_dir() / "list_attr_celeba.txt")
     assert held_out.attributes[0].tolist() == list(table["007001.jpg"].values())
     assert held_out.attributes[49].tolist() == list(table["007050.jpg"].values())
     first = Image.open(celeba_dir() / "images" / "007001.jpg")

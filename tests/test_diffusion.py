@@ -174,8 +174,9 @@ def test_a_ddpm_step_is_equation_11():
     diffusion = Diffusion(timesteps=50, beta_start=0.001, beta_end=0.05)
     eps_model = gaussian_data_denoiser(diffusion, 2.0)
     x_T = torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(0))
-    x, trajectory = diffusion.ddpm_sample(eps_model, x_T, generator=torch.Generator().manual_seed(1),
-                                          return_trajectory=True)
+    trajectory = diffusion.ddpm_trajectory(eps_model, x_T, generator=torch.Generator().manual_seed(1))
+    x = trajectory.result
+    assert torch.equal(x, diffusion.ddpm_sample(eps_model, x_T, generator=torch.Generator().manual_seed(1)))
     generator = torch.Generator().manual_seed(1)
     expected = x_T
     for step in range(49, -1, -1):  # x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t) + sigma_t z
@@ -232,7 +233,8 @@ def test_clip_keeps_the_predicted_x0_in_range():
     diffusion = Diffusion()
     x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     wild = point_mass_denoiser(diffusion, 5.0)
-    _, trajectory = diffusion.ddim_sample(wild, x_T, steps=10, clip=1.0, return_trajectory=True)
+    trajectory = diffusion.ddim_trajectory(wild, x_T, steps=10, clip=1.0)
+    assert torch.equal(trajectory.result, diffusion.ddim_sample(wild, x_T, steps=10, clip=1.0))
     assert all(prediction.abs().max() <= 1.0 for prediction in trajectory.predictions)
     assert torch.allclose(trajectory.states[-1], torch.ones_like(x_T), atol=1e-4)
 

@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from minildm import toyfaces
-from minildm.evaluation import mentioned_attributes, region_psnr
+from minildm.data import toyfaces
+from minildm.evaluation.scores import mentioned_attributes, region_psnr
 
 WORDS = {"Bald": "bald", "Black_Hair": "black hair", "Blond_Hair": "blond hair", "Brown_Hair": "brown hair",
          "Gray_Hair": "gray hair", "Eyeglasses": "eyeglasses", "Wearing_Hat": "a hat", "Smiling": "smiling",

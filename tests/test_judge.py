@@ -5,12 +5,14 @@ import pytest
 import torch
 from einops import rearrange
 
-from minildm import checkpoint, judge, toyfaces
+from minildm import checkpoint
+from minildm.data import toyfaces
+from minildm.evaluation import judge
 from minildm.config import MinildmError
-from minildm.images import float_to_uint8
-from minildm.judge import (JUDGE_FILE, OUTPUTS, AttributeClassifier, ToyFaceFeatures, ToyFaceJudge, load_judge,
+from minildm.data.images import float_to_uint8
+from minildm.evaluation.judge import (JUDGE_FILE, OUTPUTS, AttributeClassifier, ToyFaceFeatures, ToyFaceJudge, load_judge,
                            non_faces, train_attribute_classifier)
-from minildm.metrics import feature_distances
+from minildm.evaluation.metrics import feature_distances
 
 FRESH_SEED = 31_337  # a toy-face data set that the judge never trains on
 COLUMN = {name: k for k, name in enumerate(toyfaces.ATTRIBUTES)}

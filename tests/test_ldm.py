@@ -7,9 +7,11 @@ import torch
 
 from minildm import autoencoder_training, checkpoint
 from minildm.config import get_profile
-from minildm.images import float_to_uint8, uint8_to_float
-from minildm.metrics import frechet_distance
-from minildm.ldm import LatentDiffusion, evaluate_ldm, ldm_config, load_ldm, train_ldm
+from minildm.data.images import float_to_uint8, uint8_to_float
+from minildm.evaluation.metrics import frechet_distance
+from minildm.evaluation.scores import evaluate_ldm
+from minildm.ldm import LatentDiffusion
+from minildm.ldm_training import ldm_config, load_ldm, train_ldm
 
 from conftest import toy_pixels, train_tiny_autoencoder
 
@@ -29,7 +31,7 @@ def autoencoder_dir(tmp_path_factory, pixels):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, autoencoder_dir, pixels):
     run_dir = tmp_path_factory.mktemp("ldm")
-    model = train_ldm(run_dir, autoencoder_dir, pixels, get_profile("tiny"), progress=False,
+    model = train_ldm(run_dir, pixels, autoencoder_dir=autoencoder_dir, profile=get_profile("tiny"), progress=False,
                       data_description={"dataset": "toyfaces", "resolution": 32})
     return run_dir, model
 
@@ -57,12 +59,14 @@ def test_cached_latents_are_scaled_and_hold_the_mirror_images(trained, pixels):
 def test_samples_have_the_image_shape_and_range(trained):
     _, model = trained
     for sampler, steps in (("ddim", 4), ("ddpm", None)):
-        images, trajectory = model.sample(2, 32, sampler, steps or 1000, generator=torch.Generator().manual_seed(1),
-                                          return_trajectory=True)
+        images, trajectory = model.sample_trajectory(2, 32, sampler=sampler, steps=steps or 1000,
+                                                     generator=torch.Generator().manual_seed(1))
+        assert torch.equal(images, model.sample(2, 32, sampler=sampler, steps=steps or 1000,
+                                                generator=torch.Generator().manual_seed(1)))
         assert images.shape == (2, 3, 32, 32) and images.min() >= -1 and images.max() <= 1
         assert len(trajectory.states) == (steps or 1000) + 1 and trajectory.states[0].shape == (2, 4, 8, 8)
     with pytest.raises(ValueError, match="unknown sampler"):
-        model.sample(1, 32, "euler")
+        model.sample(1, 32, sampler="euler")
 
 
 def test_ddim_with_eta_zero_gives_the_same_images_for_the_same_seed(trained):
@@ -127,13 +131,13 @@ def test_evaluation_reports_distances_and_counts(trained, pixels):
     assert results["n_samples"] == 12 and results["n_reference"] == 20 and results["fid"] >= 0
     assert {"kid", "kid_std", "sampler", "features", "sample_images_per_s"} <= set(results)
     # the extra distances are those of the same samples: colour means are 4x4 means averaged
-    samples = model.sample(12, 32, "ddim", 3, generator=torch.Generator().manual_seed(0))
+    samples = model.sample(12, 32, steps=3, generator=torch.Generator().manual_seed(0))
     expected = frechet_distance(mean_colour(pixels[:20]), mean_colour(float_to_uint8(samples)))
     assert results["colour_fid"] == pytest.approx(expected, abs=1e-3) and results["colour_features"] == "mean colour"
 
 
 def test_pixel_space_model_diffuses_the_images_themselves(tmp_path, pixels):
-    model = train_ldm(tmp_path, None, pixels[:16], get_profile("tiny"), steps=2, progress=False)
+    model = train_ldm(tmp_path, pixels[:16], autoencoder_dir=None, profile=get_profile("tiny"), steps=2, progress=False)
     latents = checkpoint.load(tmp_path / "latents.safetensors")[0]["latents"]
     images = uint8_to_float(pixels[:16])
     assert torch.equal(latents, torch.cat([images, images.flip(-1)]))  # f = 1, scale 1: the latents are pixels
@@ -143,3 +147,20 @@ def test_pixel_space_model_diffuses_the_images_themselves(tmp_path, pixels):
     samples = loaded.sample(2, 32, steps=3, noise=noise)
     assert torch.allclose(samples, model.sample(2, 32, steps=3, noise=noise), atol=1e-5)
     assert samples.shape == (2, 3, 32, 32) and samples.abs().max() <= 1
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda config: config.update(notes="mine"), "unknown key 'notes'"),
+    (lambda config: config["model"].pop("conditioning"), "missing key 'conditioning' in model"),
+    (lambda config: config["model"]["diffusion"].update(schedule_kind="cosine"),
+     "unknown key 'schedule_kind' in model.diffusion"),
+    (lambda config: config["model"]["unet"].pop("head_channels"), "missing key 'head_channels' in model.unet"),
+])
+def test_a_run_folder_with_an_unknown_or_missing_key_is_refused_naming_it(trained, tmp_path, edit, named):
+    run_dir, _ = trained
+    config = json.loads((run_dir / "config.json").read_text())
+    edit(config)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "weights.safetensors").write_bytes((run_dir / "weights.safetensors").read_bytes())
+    with pytest.raises(checkpoint.CheckpointError, match=f"config.json does not .*: {named}$"):
+        load_ldm(tmp_path)

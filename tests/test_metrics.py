@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from minildm import metrics
+from minildm.evaluation import metrics
 from minildm.config import MinildmError
-from minildm.metrics import gaussian_window, psnr, ssim
+from minildm.evaluation.metrics import gaussian_window, psnr, ssim
 
 
 def test_psnr_matches_the_formula():

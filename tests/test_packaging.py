@@ -1,9 +1,12 @@
 """The set-up contract: environment.yml agrees with pyproject.toml, CI runs the README's
 test command, and the profile switch behaves as documented."""
 
+import os
 import re
+import shutil
 import subprocess
 import sys
+import sysconfig
 import tomllib
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import yaml
 
 from minildm import config
 from minildm.config import MinildmError, get_profile
-from minildm.sources import HUB_DATASETS
+from minildm.data.sources import HUB_DATASETS
 from minildm.unet import UNet, UNetConfig, parameter_count
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +71,7 @@ def test_gpu_profile_without_cuda_says_what_to_do():
 def test_gpu_recipes_fit_their_latents_and_the_sizes_the_readme_quotes(name, factor, unet_millions):
     profile = config.PROFILES[name]
     assert profile.dataset in HUB_DATASETS and profile.resolution == 256
-    preset = profile.diffusion
+    preset = profile.ldm
     side = profile.resolution // factor  # LDM-4: 64 x 64 latents, LDM-8: 32 x 32
     with torch.device("meta"):  # sizes without allocating 200 M parameters
         unet = UNet(UNetConfig(4, 4, preset.base_channels, preset.channel_mult, preset.res_blocks,
@@ -87,3 +90,48 @@ def test_package_imports_without_optional_heavy_modules():
     code = "import sys, minildm.data; print('datasets' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_an_installed_package_runs_outside_the_repository_and_writes_nothing_into_it(tmp_path):
+    """A non-editable install (a wheel of a copy of the sources, built offline) into a fresh
+    virtual environment that borrows this environment's dependencies: ``--help`` and a tiny
+    ``train-ae`` run from another folder; data goes to the user's cache folder, the run
+    folder to the working directory, and site-packages is left as installed."""
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "minildm", source / "minildm", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "wheel"), str(source)], check=True, capture_output=True)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site_packages = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                        capture_output=True, text=True, check=True).stdout.strip())
+    (site_packages / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    wheel = next((tmp_path / "wheel").glob("minildm-*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
+                   check=True, capture_output=True)
+    installed = sorted(path for path in site_packages.rglob("*") if "__pycache__" not in path.parts)
+    assert {path.relative_to(site_packages / "minildm").as_posix() for path in installed
+            if path.parent.name in ("data", "evaluation")} >= {"data/__init__.py", "data/toyfaces.py",
+                                                              "evaluation/__init__.py", "evaluation/scores.py"}
+
+    work, home = tmp_path / "work", tmp_path / "home"
+    work.mkdir()
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(("MINILDM_", "XDG_"))}
+    environment.update(HOME=str(home), PYTHONPATH="")
+
+    def run(*args):
+        return subprocess.run([python, *args], cwd=work, env=environment, capture_output=True, text=True, timeout=300)
+
+    where = run("-c", "import minildm; print(minildm.__file__)")
+    assert Path(where.stdout.strip()).parent == site_packages / "minildm", where.stderr
+    helped = run("-m", "minildm", "--help")
+    assert helped.returncode == 0 and "train-ae" in helped.stdout
+    trained = run("-m", "minildm", "train-ae", "--profile", "tiny", "--n", "16", "--steps", "2", "--out", "runs/ae")
+    assert trained.returncode == 0, trained.stderr
+    assert (work / "runs" / "ae" / "weights.safetensors").is_file()
+    assert any((home / ".cache" / "minildm" / "cache").iterdir())  # the prepared toy faces
+    after = sorted(path for path in site_packages.rglob("*") if "__pycache__" not in path.parts)
+    assert after == installed

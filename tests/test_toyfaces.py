@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minildm import toyfaces
-from minildm.toyfaces import (ATTRIBUTES, attributes_from_params, caption, generate, render_faces,
+from minildm.data import toyfaces
+from minildm.data.toyfaces import (ATTRIBUTES, attributes_from_params, caption, generate, render_faces,
                               sample_face_params)
 
 HAIR = list(range(5))  # columns of the hair options in ATTRIBUTES

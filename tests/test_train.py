@@ -97,7 +97,7 @@ def test_nan_loss_stops_and_names_the_last_good_checkpoint(tmp_path):
 
 def test_a_run_folder_of_another_configuration_is_refused(tmp_path):
     make_trainer(tmp_path / "run", steps=5).fit()
-    with pytest.raises(TrainingError, match=r"holds a run with another configuration \(differs in: width\)"):
+    with pytest.raises(ckpt.CheckpointError, match=r"holds a run with another configuration \(differs in: width\)"):
         make_trainer(tmp_path / "run", steps=5, width=32).fit()
 
 

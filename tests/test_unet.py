@@ -64,7 +64,7 @@ def test_bad_inputs_are_refused():
         unet(torch.randn(1, 4, 7, 7), torch.tensor([0]))
     with pytest.raises(ValueError, match="unconditional"):
         unet(torch.randn(1, 4, 8, 8), torch.tensor([0]), context=torch.randn(1, 3, 16))
-    with pytest.raises(ValueError, match="unknown UNet settings"):
+    with pytest.raises(ValueError, match="unknown key 'width' in UNetConfig"):
         UNetConfig.from_dict({"base_channels": 8, "width": 3})
 
 
@@ -72,6 +72,8 @@ def test_config_round_trips_through_json_values():
     config = UNetConfig(base_channels=24, channel_mult=(1, 2, 3), attention_levels=(2,))
     restored = UNetConfig.from_dict({k: list(v) if isinstance(v, tuple) else v for k, v in config.to_dict().items()})
     assert restored == config
+    with pytest.raises(ValueError, match="missing key 'dropout' in UNetConfig"):
+        UNetConfig.from_dict({k: v for k, v in config.to_dict().items() if k != "dropout"})
 
 
 def test_parameter_count_and_flops():

@@ -23,11 +23,13 @@ attention where the GPU has it); ``compile`` adds ``torch.compile``.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 import torch
@@ -114,9 +116,9 @@ def prepare_case(factor: int, resolution: int, profile: Profile, batch_size: int
     """The profile's UNet on pixels (``factor`` 1) or on the latents of the profile's KL
     autoencoder with that factor, at ``resolution`` px, with random data of ``batch_size``."""
     device = torch.device(profile.device)
-    preset = profile.diffusion
-    autoencoder = (PixelSpace() if factor == 1 else build_autoencoder(autoencoder_config(profile, factor))).to(device)
-    autoencoder.eval().requires_grad_(False)
+    preset = profile.ldm
+    autoencoder = PixelSpace() if factor == 1 else build_autoencoder(autoencoder_config(profile, factor=factor))
+    autoencoder.to(device).eval().requires_grad_(False)
     channels, side, _ = autoencoder.latent_shape(resolution)
     unet = UNet(UNetConfig(in_channels=channels, out_channels=channels, base_channels=preset.base_channels,
                            channel_mult=preset.channel_mult, res_blocks=preset.res_blocks,
@@ -194,14 +196,14 @@ def skipped(case: Case, factor: int, resolution: int, parameters: int, memory: f
 def steps_for_budget(factor: int, resolution: int, profile: Profile, seconds: float, multiple: int = 10) -> int:
     """Training steps (at the profile's batch size) that fit in ``seconds`` for the model of
     ``factor``, from a measured step time, rounded down to a ``multiple`` (at least one)."""
-    case = prepare_case(factor, resolution, profile, profile.diffusion.batch_size)
+    case = prepare_case(factor, resolution, profile, profile.ldm.batch_size)
     steps = int(seconds / median_seconds(case.train_step, repeats=3, warmup=1, device=case.device))
     return max(multiple, steps // multiple * multiple)
 
 
 def check_sizes(resolutions: tuple[int, ...], factors: tuple[int, ...], profile: Profile) -> None:
     """Refuse factors without an autoencoder and resolutions the models cannot take."""
-    unet_downsampling = 2 ** (len(profile.diffusion.channel_mult) - 1)
+    unet_downsampling = 2 ** (len(profile.ldm.channel_mult) - 1)
     for factor in factors:
         if factor not in MODEL_NAMES:
             raise MinildmError(f"factor {factor} has no model: choose among {', '.join(map(str, MODEL_NAMES))}")
@@ -249,6 +251,24 @@ def markdown_table(results: list[BenchResult], sampling_steps: int = 50) -> str:
         lines.append(f"| {r.model} | {r.resolution} | {r.unet_input} | {train} | {speedup} | {sample} | {encode} | "
                      f"{memory} |")
     return "\n".join(lines)
+
+
+def report_header(profile: Profile, batch_size: int, repeats: int) -> str:
+    """One line that says what was measured where: profile, device, torch, UNet, batch."""
+    device = torch.cuda.get_device_name() if profile.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    preset = profile.ldm
+    return (f"minildm bench, profile {profile.name!r} on {device}, torch {torch.__version__}; UNet of the profile "
+            f"(base {preset.base_channels}, multipliers {preset.channel_mult}, attention at levels "
+            f"{preset.attention_levels}); batch {batch_size}, medians of {repeats} runs")
+
+
+def save_report(results: list[BenchResult], header: str, table: str, out: Path) -> None:
+    """``bench.md`` (the header and the table), ``bench.json`` (the numbers) and ``bench.png``
+    (:func:`plot`) in the folder ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.md").write_text(f"{header}\n\n{table}\n")
+    (out / "bench.json").write_text(json.dumps({"header": header, "results": [vars(r) for r in results]}, indent=2))
+    plot(results).savefig(out / "bench.png", dpi=100)
 
 
 def plot(results: list[BenchResult]) -> Figure:

@@ -69,6 +69,12 @@ def prepare(image: Image.Image, resolution: int) -> torch.Tensor:
     return image_to_uint8_tensor(center_crop_resize(to_rgb(image), resolution))
 
 
+def read_image(path: Path, resolution: int) -> torch.Tensor:
+    """An image file as (1, 3, R, R) in [-1, 1]: RGB, central square, resized; a missing or
+    unreadable file raises :class:`FileNotFoundError` or one of :data:`UNREADABLE_ERRORS`."""
+    return uint8_to_float(prepare(open_image(path), resolution))[None]
+
+
 def uint8_to_float(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 in [0, 255] to float32 in [-1, 1], the range every model in the course uses."""
     return pixels.float() / 127.5 - 1.0

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from minildm import images as imgs
 from minildm.config import MinildmError
+from minildm.data import images as imgs
 
 HUB_DATASETS: dict[str, tuple[str, str | None]] = {
     "celeba-hq": ("korexyz/celeba-hq-256x256", None),

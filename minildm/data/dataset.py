@@ -2,7 +2,7 @@
 
 Sources, named by the ``dataset`` argument:
 
-- ``toyfaces``: procedural faces drawn from a seed (:mod:`minildm.toyfaces`), no download;
+- ``toyfaces``: procedural faces drawn from a seed (:mod:`minildm.data.toyfaces`), no download;
 - a hub name from :data:`HUB_DATASETS` (``celeba-hq``, ``celeba``, ``lsun-churches``,
   ``lsun-bedrooms``) or ``hub:OWNER/NAME``: streamed from the Hugging Face hub, only the
   first ``n`` images are fetched;
@@ -12,7 +12,7 @@ Sources, named by the ``dataset`` argument:
   parquet files in the hub's layout.
 
 Every image is brought to RGB, cropped to its central square and resized with an
-antialiasing filter (:mod:`minildm.images`). The prepared uint8 tensors are cached under
+antialiasing filter (:mod:`minildm.data.images`). The prepared uint8 tensors are cached under
 ``data/cache`` keyed by source, resolution, ``start`` and ``n``, so the second load is
 instant. Unreadable files are skipped and counted, never fatal.
 """
@@ -31,10 +31,10 @@ import torch
 from tqdm import tqdm
 
 from minildm import checkpoint as ckpt
-from minildm import images as imgs
-from minildm import sources, toyfaces
 from minildm.config import data_dir
-from minildm.sources import HUB_DATASETS, OFFLINE_HINT, DataError, read_celeba_attributes
+from minildm.data import images as imgs
+from minildm.data import sources, toyfaces
+from minildm.data.sources import HUB_DATASETS, OFFLINE_HINT, DataError, read_celeba_attributes
 
 __all__ = ["HUB_DATASETS", "DataError", "ImageDataset", "describe", "load_images", "random_flip",
            "read_celeba_attributes"]

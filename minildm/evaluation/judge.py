@@ -1,7 +1,7 @@
 """A toy-face judge: a small CNN that reads attributes off images, to score generated samples.
 
 A conditional diffusion model is only as good as its conditioning: asked for eyeglasses,
-does it draw eyeglasses? Toy faces (:mod:`minildm.toyfaces`) know their attributes exactly,
+does it draw eyeglasses? Toy faces (:mod:`minildm.data.toyfaces`) know their attributes exactly,
 so a classifier trained on fresh toy faces can answer that question for samples, offline:
 
 * :class:`AttributeClassifier`: a small CNN at 32 px with one logit per binary attribute;
@@ -24,9 +24,10 @@ from einops import rearrange
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from minildm import checkpoint, toyfaces
+from minildm import checkpoint as ckpt
 from minildm.config import MinildmError, data_dir
-from minildm.images import float_to_uint8, uint8_to_float
+from minildm.data import toyfaces
+from minildm.data.images import float_to_uint8, uint8_to_float
 
 INPUT_SIZE = 32  # the classifier resizes every image to this side
 OUTPUTS = (*toyfaces.ATTRIBUTES, "face")  # the judge's outputs, in order
@@ -255,12 +256,12 @@ def _train_judge(settings: dict, progress: bool) -> ToyFaceJudge:
 def _cached_judge(path: Path, settings: dict) -> ToyFaceJudge | None:
     """The judge saved at ``path``; None if there is none, it is damaged or has other settings."""
     try:
-        tensors, metadata = checkpoint.load(path)
+        tensors, metadata = ckpt.load(path)
         if metadata.get("settings") != settings:
             return None
         classifier = AttributeClassifier(len(OUTPUTS))
-        checkpoint.load_weights(classifier, tensors, str(path))
-    except checkpoint.CheckpointError:
+        ckpt.load_weights(classifier, tensors, str(path))
+    except ckpt.CheckpointError:
         return None
     return ToyFaceJudge(classifier, metadata["heldout_accuracy"])
 
@@ -268,7 +269,7 @@ def _cached_judge(path: Path, settings: dict) -> ToyFaceJudge | None:
 class ToyFaceFeatures:
     """The judge's pooled features as the feature extractor of a toy-face FID and KID.
 
-    Same formulas as the Inception FID (:mod:`minildm.metrics`), on a network that was trained
+    Same formulas as the Inception FID (:mod:`minildm.evaluation.metrics`), on a network that was trained
     on toy faces: it works offline, scores hundreds of images per second on a CPU, and sees
     what matters for toy faces (hair, glasses, hat, smile, skin). Its numbers are on their own
     scale: compare them only with other toy-face distances, never with an Inception FID.
@@ -297,6 +298,6 @@ def load_judge(cache_dir: str | Path | None = None, progress: bool = True) -> To
     judge = _cached_judge(path, settings)
     if judge is None:
         judge = _train_judge(settings, progress)
-        checkpoint.save_atomic(judge.classifier.state_dict(), path,
+        ckpt.save_atomic(judge.classifier.state_dict(), path,
                                {"settings": settings, "heldout_accuracy": judge.heldout_accuracy})
     return judge

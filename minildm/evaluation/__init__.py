@@ -1,0 +1,12 @@
+"""Evaluation: measuring what the course builds (notebooks 05, 07, 08 and 09 use it).
+
+- :mod:`~minildm.evaluation.metrics`: PSNR, SSIM, the Frechet distance, KID, the FID
+  Inception network;
+- :mod:`~minildm.evaluation.judge`: a small classifier trained on toy faces that reads
+  attributes off samples, and its features for an offline toy-face FID;
+- :mod:`~minildm.evaluation.scores`: the scores of each kind of model: reconstruction
+  (autoencoder), FID/KID (unconditional), judge agreement (class, attributes, text), PSNR
+  against baselines (inpainting, super-resolution);
+- :mod:`~minildm.evaluation.bench`: training and sampling cost of pixel-space against latent
+  diffusion, the paper's central claim.
+"""

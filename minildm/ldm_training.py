@@ -1,0 +1,178 @@
+"""Stage 2 of a latent diffusion model: train the UNet on cached latents, and load it back.
+
+Training never touches pixels: the training images are encoded once (and their mirror images,
+for augmentation), and the latents are cached in the run folder, already multiplied by the
+autoencoder's scale factor (:func:`cached_latents`). The paper's own code encodes every batch
+instead; encoding once is only a saving for small runs, where the autoencoder costs as much as
+the UNet. A conditional model's conditions are made and cached the same way
+(:func:`training_conditions`).
+
+A run folder written by :func:`train_ldm` holds everything :func:`load_ldm` needs: the
+configuration (``config.json``) and, in ``weights.safetensors``, the EMA weights of the UNet
+(and of the condition encoder) together with a copy of the autoencoder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from minildm import checkpoint as ckpt
+from minildm.autoencoder import Autoencoder, PixelSpace
+from minildm.autoencoder_training import load_autoencoder
+from minildm.conditioning import TOKEN_KINDS, ConditioningConfig
+from minildm.config import MinildmError, Profile
+from minildm.data.images import uint8_to_float
+from minildm.diffusion import DiffusionConfig
+from minildm.image_conditions import downsample, random_masks, superres_condition
+from minildm.ldm import DEFAULT_GUIDANCE, LatentDiffusion, LDMConfig
+from minildm.train import TrainConfig, Trainer
+from minildm.unet import UNetConfig
+
+RUN_CONFIG_KEYS = ("stage", "model", "learning_rate", "autoencoder_dir", "data")  # an LDM run's config.json
+
+
+def ldm_config(profile: Profile, autoencoder: Autoencoder, *, use_scale_factor: bool = True,
+               prediction: str | None = None, conditioning: ConditioningConfig | None = None) -> LDMConfig:
+    """The profile's UNet on the latents of ``autoencoder``; ``prediction`` overrides the
+    profile's target (eps, x0 or v). Token conditioning adds cross-attention, concat
+    conditioning input channels (c + 1 for inpainting, 3 for super-resolution)."""
+    preset, conditioning = profile.ldm, conditioning or ConditioningConfig()
+    channels = autoencoder.config.latent_channels
+    extra = {"inpaint": channels + 1, "superres": 3}.get(conditioning.kind, 0)
+    context = conditioning.channels if conditioning.kind in TOKEN_KINDS else None
+    unet = UNetConfig(in_channels=channels + extra, out_channels=channels, base_channels=preset.base_channels,
+                      channel_mult=preset.channel_mult, res_blocks=preset.res_blocks,
+                      attention_levels=preset.cross_attention_levels if context else preset.attention_levels,
+                      context_channels=context)
+    return LDMConfig(unet=unet, diffusion=DiffusionConfig(prediction=prediction or preset.prediction),
+                     autoencoder=autoencoder.config, use_scale_factor=use_scale_factor, conditioning=conditioning)
+
+
+def cached_latents(run_dir: Path, model: LatentDiffusion, pixels: Tensor) -> Tensor:
+    """Scaled latents of the images and of their mirror images (2N, c, h, w), encoded once
+    and kept in the run folder as ``latents.safetensors``."""
+    path = run_dir / "latents.safetensors"
+    if path.exists():
+        tensors, metadata = ckpt.load(path)
+        if metadata.get("n_images") == len(pixels) and metadata.get("scale") == model.scale:
+            return tensors["latents"]
+    images = uint8_to_float(pixels)  # (N, 3, R, R)
+    latents = model.encode(torch.cat([images, images.flip(-1)])).cpu()  # (2N, c, h, w)
+    ckpt.save_atomic({"latents": latents}, path, {"n_images": len(pixels), "scale": model.scale})
+    return latents
+
+
+def training_conditions(run_dir: Path, model: LatentDiffusion, pixels: Tensor, conditions: Tensor | None,
+                        seed: int = 0) -> Tensor | None:
+    """The condition of each row of :func:`cached_latents` (images, then mirror images).
+
+    Token conditions (N, ...) are repeated for the mirror images. Inpainting draws one random
+    mask per row and encodes the masked images, super-resolution downsamples the images;
+    both are kept in the run folder as ``conditions.safetensors``.
+    """
+    if model.kind == "none":
+        return None
+    if model.kind in TOKEN_KINDS:
+        if conditions is None or len(conditions) != len(pixels):
+            raise MinildmError(f"a {model.kind}-conditioned model needs one condition per training image")
+        return torch.cat([conditions, conditions])
+    path = run_dir / "conditions.safetensors"
+    if path.exists():
+        tensors, metadata = ckpt.load(path)
+        if metadata.get("n_images") == len(pixels) and metadata.get("kind") == model.kind:
+            return tensors["conditions"]
+    images = uint8_to_float(pixels)
+    images = torch.cat([images, images.flip(-1)])  # (2N, 3, R, R)
+    if model.kind == "inpaint":
+        masks = random_masks(len(images), images.shape[-1], torch.Generator().manual_seed(seed))
+        result = torch.cat([model.inpainting_condition(batch, mask).cpu()
+                            for batch, mask in zip(images.split(256), masks.split(256))])
+    else:
+        low = downsample(images, model.config.conditioning.superres_factor)
+        result = superres_condition(low, model.latent_shape(images.shape[-1])[1:])
+    ckpt.save_atomic({"conditions": result}, path, {"n_images": len(pixels), "kind": model.kind})
+    return result
+
+
+def train_ldm(run_dir: str | Path, pixels: Tensor, *, autoencoder_dir: str | Path | None, profile: Profile,
+              steps: int | None = None, seed: int = 0, use_scale_factor: bool = True, prediction: str | None = None,
+              conditioning: ConditioningConfig | None = None, conditions: Tensor | None = None,
+              data_description: dict | None = None, progress: bool = True) -> LatentDiffusion:
+    """Train (or resume) a UNet on the latents of uint8 images (N, 3, R, R); returns the model
+    with its EMA weights loaded, ready to sample. ``autoencoder_dir`` None trains on the
+    pixels themselves (:class:`minildm.autoencoder.PixelSpace`, the paper's LDM-1).
+
+    ``conditioning`` makes a conditional model; token kinds need ``conditions``, one per
+    image (:func:`minildm.conditioning.condition_tensor`), concat kinds make theirs from the
+    images. AdamW with a short warm-up and a cosine decay; EMA of the weights for sampling.
+    ``data_description`` records the images in ``config.json`` for the command line.
+    """
+    run_dir, preset, device = Path(run_dir), profile.ldm, torch.device(profile.device)
+    autoencoder = PixelSpace() if autoencoder_dir is None else load_autoencoder(autoencoder_dir, device)
+    torch.manual_seed(seed)
+    config = ldm_config(profile, autoencoder, use_scale_factor=use_scale_factor, prediction=prediction,
+                        conditioning=conditioning)
+    model = LatentDiffusion(config, autoencoder).to(device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = {"latents": cached_latents(run_dir, model, pixels)}
+    train_conditions = training_conditions(run_dir, model, pixels, conditions, seed)
+    if train_conditions is not None:
+        data["conditions"] = train_conditions
+    networks = model.networks()
+    optimizer = torch.optim.AdamW(networks.parameters(), lr=preset.learning_rate, weight_decay=0.0)
+
+    def loss_fn(batch, step):
+        loss = model.loss(batch["latents"], condition=batch.get("conditions"))
+        return {"networks": loss}, {"loss": loss.item()}
+
+    steps = steps or preset.steps
+    train_config = TrainConfig(steps=steps, batch_size=preset.batch_size, ema_decay=preset.ema_decay, seed=seed,
+                               warmup_steps=min(100, steps // 10), cosine_decay=True,
+                               checkpoint_every=max(1, steps // 5), figure_every=max(1, steps // 5))
+    run_config = {"stage": "ldm", "model": model.config.to_dict(), "learning_rate": preset.learning_rate,
+                  "autoencoder_dir": autoencoder_dir and str(autoencoder_dir), "data": data_description or {}}
+    trainer = Trainer(run_dir, {**networks, "autoencoder": model.autoencoder}, {"networks": optimizer},
+                      loss_fn, data, train_config, run_config, ema_of=list(networks),
+                      figure_fn=sample_figure(model, networks, train_conditions, pixels.shape[-1], seed),
+                      progress=progress)
+    trainer.fit()
+    for name, network in networks.items():
+        network.load_state_dict(trainer.sampling_module(name).state_dict())
+    return model.eval()
+
+
+def sample_figure(model: LatentDiffusion, networks: nn.ModuleDict, conditions: Tensor | None, resolution: int,
+                  seed: int):
+    """The trainer's figure: 16 samples (DDIM, 25 steps) from fixed noise and the first 16
+    training conditions, drawn with the weights the trainer hands over (its EMA copies)."""
+    noise = torch.randn((16, *model.latent_shape(resolution)), generator=torch.Generator().manual_seed(seed))
+    noise = noise.to(model.device)
+    shown = None if conditions is None else conditions[:16].to(model.device)
+    guidance = DEFAULT_GUIDANCE if model.kind in TOKEN_KINDS else 1.0
+
+    def figure_fn(modules, step):
+        averaged = nn.ModuleDict({name: modules[name] for name in networks})
+        denoise = model.denoiser(shown, guidance, len(noise), averaged)
+        return model.decode(model.diffusion.ddim_sample(denoise, noise, steps=25))
+
+    return figure_fn
+
+
+def load_ldm(run_dir: str | Path, device: str | torch.device = "cpu") -> LatentDiffusion:
+    """The model of a run folder written by :func:`train_ldm`, with its EMA weights."""
+    run_dir = Path(run_dir)
+    run_config = ckpt.read_run_config(run_dir, "ldm", "a latent diffusion model", RUN_CONFIG_KEYS)
+    try:
+        model = LatentDiffusion(LDMConfig.from_dict(run_config["model"], "model"))
+    except (TypeError, ValueError) as error:
+        raise ckpt.CheckpointError(f"{run_dir / 'config.json'} does not describe a model this version can build: "
+                                   f"{error}") from None
+    weights_path = run_dir / "weights.safetensors"
+    tensors, _ = ckpt.load(weights_path)
+    for name, network in model.networks().items():
+        ckpt.load_weights(network, ckpt.strip_prefix(name, tensors), str(weights_path))
+    ckpt.load_weights(model.autoencoder, ckpt.strip_prefix("autoencoder", tensors), str(weights_path))
+    return model.to(device).eval()
