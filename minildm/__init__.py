@@ -33,9 +33,14 @@ The model, trained:
 
 What a first reading can skip lives in two subpackages:
 
-- :mod:`minildm.data`: toy faces, image files, hub and folder sources, the cached loader (00)
-- :mod:`minildm.evaluation`: PSNR/SSIM, FID/KID, the toy-face judge, the scores of each kind
-  of model, and the pixel-vs-latent benchmark (05, 07, 08, 09)
+- :mod:`minildm.data` (00): :mod:`~minildm.data.toyfaces` (the offline data set),
+  :mod:`~minildm.data.images` (any image file to a tensor), :mod:`~minildm.data.sources`
+  (folders, attribute files, Hugging Face datasets), :mod:`~minildm.data.dataset`
+  (``load_images``: one entry point, cached);
+- :mod:`minildm.evaluation`: :mod:`~minildm.evaluation.metrics` (PSNR, SSIM, FID, KID; 05, 09),
+  :mod:`~minildm.evaluation.judge` (a classifier that reads toy-face attributes off samples; 07),
+  :mod:`~minildm.evaluation.scores` (the score of each kind of model; 01, 05, 07, 08),
+  :mod:`~minildm.evaluation.bench` (pixel against latent cost, the paper's claim; 09).
 """
 
 __version__ = "0.1.0"

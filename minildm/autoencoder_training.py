@@ -72,7 +72,24 @@ def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, *, config: Auto
             logs.update(disc_logs)
         return step_losses, logs
 
-    shown = uint8_to_float(pixels[:8]).to(device)
+    steps = steps or preset.steps
+    train_config = TrainConfig(steps=steps, batch_size=preset.batch_size, seed=seed, cosine_decay=True,
+                               checkpoint_every=max(1, steps // 5), figure_every=max(1, steps // 5))
+    run_config = {"stage": "autoencoder", "autoencoder": config.to_dict(), "loss": loss_config.to_dict(),
+                  "learning_rate": preset.learning_rate, "data": data_description or {}}
+    trainer = Trainer(run_dir, {"autoencoder": autoencoder, "loss": objective}, optimizers=optimizers,
+                      loss_fn=loss_fn, data={"pixels": pixels}, config=train_config, run_config=run_config,
+                      figure_fn=reconstruction_figure(uint8_to_float(pixels[:8]).to(device)), progress=progress)
+    trainer.fit()
+    if config.reg == "kl" and autoencoder.scale_factor.item() == 1.0:  # not yet measured (a finished run has it)
+        autoencoder.scale_factor.fill_(measure_scale_factor(autoencoder, uint8_to_float(pixels[:2048]).to(device)))
+        trainer.save_checkpoint()
+    autoencoder.eval()
+    return autoencoder
+
+
+def reconstruction_figure(shown: torch.Tensor):
+    """The trainer's figure: images (8, 3, R, R) in [-1, 1] above their reconstructions."""
 
     def figure_fn(modules, step):
         module = modules["autoencoder"]
@@ -81,19 +98,7 @@ def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, *, config: Auto
         module.train()
         return torch.cat([shown, reconstruction.clamp(-1, 1)])  # top row: input, bottom: output
 
-    steps = steps or preset.steps
-    train_config = TrainConfig(steps=steps, batch_size=preset.batch_size, seed=seed, cosine_decay=True,
-                               checkpoint_every=max(1, steps // 5), figure_every=max(1, steps // 5))
-    run_config = {"stage": "autoencoder", "autoencoder": config.to_dict(), "loss": loss_config.to_dict(),
-                  "learning_rate": preset.learning_rate, "data": data_description or {}}
-    trainer = Trainer(run_dir, {"autoencoder": autoencoder, "loss": objective}, optimizers, loss_fn,
-                      {"pixels": pixels}, train_config, run_config, figure_fn=figure_fn, progress=progress)
-    trainer.fit()
-    if config.reg == "kl" and autoencoder.scale_factor.item() == 1.0:  # not yet measured (a finished run has it)
-        autoencoder.scale_factor.fill_(measure_scale_factor(autoencoder, uint8_to_float(pixels[:2048]).to(device)))
-        trainer.save_checkpoint()
-    autoencoder.eval()
-    return autoencoder
+    return figure_fn
 
 
 def load_autoencoder(run_dir: str | Path, device: str | torch.device = "cpu") -> Autoencoder:

@@ -11,6 +11,9 @@ The same notebooks and commands run on three kinds of machine:
 
 The profile is chosen by ``--profile`` on the command line or the ``MINILDM_PROFILE``
 environment variable; without either, ``gpu`` when CUDA is available, else ``cpu``.
+
+This module also says where data and run folders go (:func:`data_dir`, :func:`runs_dir`) and
+holds :class:`SavedConfig`, the base of every configuration a run folder's ``config.json`` keeps.
 """
 
 from __future__ import annotations

@@ -89,8 +89,8 @@ class DiffusionConfig(SavedConfig):
     min_snr_gamma: float | None = None
 
     def build(self) -> Diffusion:
-        return Diffusion(self.schedule, self.timesteps, self.beta_start, self.beta_end, self.prediction,
-                         self.min_snr_gamma)
+        return Diffusion(self.schedule, timesteps=self.timesteps, beta_start=self.beta_start,
+                         beta_end=self.beta_end, prediction=self.prediction, min_snr_gamma=self.min_snr_gamma)
 
 
 @dataclass
@@ -123,7 +123,7 @@ class Diffusion:
             which stops the easy low-noise steps from dominating training.
     """
 
-    def __init__(self, schedule: str = "linear", timesteps: int = 1000, beta_start: float = 0.0015,
+    def __init__(self, schedule: str = "linear", *, timesteps: int = 1000, beta_start: float = 0.0015,
                  beta_end: float = 0.0195, prediction: str = "eps", min_snr_gamma: float | None = None):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}: choose one of {', '.join(PREDICTIONS)}")

@@ -134,8 +134,8 @@ def train_ldm(run_dir: str | Path, pixels: Tensor, *, autoencoder_dir: str | Pat
                                checkpoint_every=max(1, steps // 5), figure_every=max(1, steps // 5))
     run_config = {"stage": "ldm", "model": model.config.to_dict(), "learning_rate": preset.learning_rate,
                   "autoencoder_dir": autoencoder_dir and str(autoencoder_dir), "data": data_description or {}}
-    trainer = Trainer(run_dir, {**networks, "autoencoder": model.autoencoder}, {"networks": optimizer},
-                      loss_fn, data, train_config, run_config, ema_of=list(networks),
+    trainer = Trainer(run_dir, {**networks, "autoencoder": model.autoencoder}, optimizers={"networks": optimizer},
+                      loss_fn=loss_fn, data=data, config=train_config, run_config=run_config, ema_of=list(networks),
                       figure_fn=sample_figure(model, networks, train_conditions, pixels.shape[-1], seed),
                       progress=progress)
     trainer.fit()

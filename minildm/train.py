@@ -109,7 +109,7 @@ class Trainer:
             (B, 3, H, W) in [-1, 1].
     """
 
-    def __init__(self, run_dir: str | Path, modules: dict[str, nn.Module],
+    def __init__(self, run_dir: str | Path, modules: dict[str, nn.Module], *,
                  optimizers: dict[str, torch.optim.Optimizer], loss_fn: LossFunction,
                  data: Batch, config: TrainConfig, run_config: dict, ema_of: str | Sequence[str] = (),
                  figure_fn: Callable[[dict[str, nn.Module], int], torch.Tensor] | None = None,

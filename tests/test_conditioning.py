@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from minildm import autoencoder_training, data
-from minildm.data import toyfaces
-from minildm.conditioning import (AttributeEncoder, ClassEncoder, ConditioningConfig, TextEncoder, WordTokenizer,
-                                  condition_tensor, conditioning_config)
-from minildm.config import MinildmError, get_profile
 from minildm.autoencoder import build_autoencoder
+from minildm.conditioning import (AttributeEncoder, ClassEncoder, ConditioningConfig, TextEncoder, WordTokenizer,
+                                  condition_tensor, conditioning_config, requested_condition)
+from minildm.config import MinildmError, get_profile
+from minildm.data import toyfaces
 from minildm.ldm import LatentDiffusion
 from minildm.ldm_training import ldm_config
 
@@ -130,3 +130,16 @@ def test_a_class_conditional_model_learns_its_classes():
         samples = model.diffusion.ddim_sample(denoise, torch.randn(4, 4, 8, 8, generator=generator), steps=20)
     means = samples.mean(dim=(1, 2, 3))
     assert (means[:2] > 0.7).all() and (means[2:] < -0.7).all(), means
+
+
+def test_a_request_in_words_becomes_the_condition_the_encoder_reads(faces):
+    attributes = conditioning_config("attributes", faces, attributes=["Smiling", "Eyeglasses", "Wearing_Hat"])
+    assert torch.equal(requested_condition(attributes, "Eyeglasses, Smiling"), torch.tensor([[True, True, False]]))
+    classes = conditioning_config("class", faces)
+    assert torch.equal(requested_condition(classes, classes.class_names[2]), torch.tensor([2]))
+    text = conditioning_config("text", faces)
+    assert torch.equal(requested_condition(text, faces.captions[5]), condition_tensor(text, faces)[5:6])
+    with pytest.raises(MinildmError, match="unknown class 'purple'; this model knows: "):
+        requested_condition(classes, "purple")
+    with pytest.raises(MinildmError, match="unknown attribute.*Wings"):
+        requested_condition(attributes, "Smiling,Wings")

@@ -31,8 +31,8 @@ def make_trainer(run_dir, steps=30, interrupt_at=None, nan_at=None, ema_decay=0.
 
     config = TrainConfig(steps=steps, batch_size=batch_size, accumulate=accumulate, ema_decay=ema_decay,
                          checkpoint_every=checkpoint_every, seed=3)
-    return Trainer(run_dir, {"model": model}, {"model": optimizer}, loss_fn, DATA, config,
-                   run_config={"width": width}, ema_of="model", progress=False)
+    return Trainer(run_dir, {"model": model}, optimizers={"model": optimizer}, loss_fn=loss_fn, data=DATA,
+                   config=config, run_config={"width": width}, ema_of="model", progress=False)
 
 
 def test_resume_after_ctrl_c_continues_exactly(tmp_path):
@@ -148,9 +148,10 @@ def test_two_optimisers_only_update_their_own_parameters(tmp_path):
     generator, critic = nn.Linear(3, 1), nn.Linear(1, 1)
     config = TrainConfig(steps=1, batch_size=8)
     trainer = Trainer(tmp_path, {"g": generator, "c": critic},
-                      {"generator": torch.optim.SGD(generator.parameters(), lr=0.1),
-                       "critic": torch.optim.SGD(critic.parameters(), lr=0.1)},
-                      lambda batch, step: losses(batch), DATA, config, {}, progress=False)
+                      optimizers={"generator": torch.optim.SGD(generator.parameters(), lr=0.1),
+                                  "critic": torch.optim.SGD(critic.parameters(), lr=0.1)},
+                      loss_fn=lambda batch, step: losses(batch), data=DATA, config=config, run_config={},
+                      progress=False)
 
     def losses(batch):
         fake = generator(batch["x"])

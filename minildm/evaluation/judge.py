@@ -92,7 +92,7 @@ def _check_targets(images: Tensor, targets: Tensor) -> Tensor:
     return targets.float()
 
 
-def train_classifier(images: Tensor, targets: Tensor, steps: int, batch_size: int = 128,
+def train_classifier(images: Tensor, targets: Tensor, *, steps: int, batch_size: int = 128,
                      learning_rate: float = 2e-3, seed: int = 0, progress: bool = False,
                      augment: bool = True) -> AttributeClassifier:
     """Train an :class:`AttributeClassifier` with binary cross-entropy on each output.
@@ -132,11 +132,11 @@ def accuracy(classifier: AttributeClassifier, images: Tensor, targets: Tensor, b
 
 
 def train_attribute_classifier(train_pixels: Tensor, train_attributes: Tensor, heldout_pixels: Tensor,
-                               heldout_attributes: Tensor, steps: int, seed: int = 0,
+                               heldout_attributes: Tensor, *, steps: int, seed: int = 0,
                                progress: bool = False) -> tuple[AttributeClassifier, Tensor]:
     """Train a classifier on real images (e.g. CelebA) and their attributes (N, K); return it
     with its accuracy (K,) on held-out images that it never saw in training."""
-    classifier = train_classifier(train_pixels, train_attributes, steps, seed=seed, progress=progress)
+    classifier = train_classifier(train_pixels, train_attributes, steps=steps, seed=seed, progress=progress)
     return classifier, accuracy(classifier, heldout_pixels, heldout_attributes)
 
 
@@ -245,8 +245,9 @@ def _train_judge(settings: dict, progress: bool) -> ToyFaceJudge:
     seed, resolution, n, heldout = (settings[key] for key in ("seed", "resolution", "train", "heldout"))
     faces, attributes = toyfaces.generate(n, resolution, seed)
     images = _degrade(torch.cat([faces, non_faces(n, resolution, seed + 1)]), torch.Generator().manual_seed(seed))
-    classifier = train_classifier(float_to_uint8(images), _judge_targets(attributes, n), settings["steps"],
-                                  settings["batch_size"], settings["learning_rate"], seed, progress)
+    classifier = train_classifier(float_to_uint8(images), _judge_targets(attributes, n), steps=settings["steps"],
+                                  batch_size=settings["batch_size"], learning_rate=settings["learning_rate"],
+                                  seed=seed, progress=progress)
     test_faces, test_attributes = toyfaces.generate(heldout, resolution, seed, start=n)
     test_images = torch.cat([test_faces, non_faces(heldout, resolution, seed + 2)])
     scores = accuracy(classifier, test_images, _judge_targets(test_attributes, heldout))  # (11,)

@@ -103,8 +103,8 @@ def evaluate_conditional(model: LatentDiffusion, held_out: ImageDataset, judge: 
         raise MinildmError("conditional samples are scored by the toy-face judge, so only toy-face models; "
                            "notebook 07 scores CelebA attributes with a classifier trained on CelebA")
     conditions = condition_tensor(model.config.conditioning, held_out)
-    return judge_token_model(model, judge, conditions, held_out.attributes, held_out.resolution, DEFAULT_GUIDANCE,
-                             seed=seed)
+    return judge_token_model(model, judge, conditions=conditions, attributes=held_out.attributes,
+                             resolution=held_out.resolution, guidance=DEFAULT_GUIDANCE, seed=seed)
 
 
 def mentioned_attributes(attributes: Tensor) -> Tensor:
@@ -117,16 +117,16 @@ def mentioned_attributes(attributes: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def sample_in_batches(model, conditions: Tensor, resolution: int, guidance: float, steps: int = 50,
-                      seed: int = 0, batch_size: int = 128) -> Tensor:
+def sample_in_batches(model: LatentDiffusion, conditions: Tensor, *, resolution: int, guidance: float,
+                      steps: int = 50, seed: int = 0, batch_size: int = 128) -> Tensor:
     """One DDIM sample per condition row, (N, 3, R, R) in [-1, 1], seeded."""
     generator = torch.Generator().manual_seed(seed)
     return torch.cat([model.sample(len(chunk), resolution, steps=steps, generator=generator, condition=chunk,
                                    guidance=guidance).cpu() for chunk in conditions.split(batch_size)])
 
 
-def judge_token_model(model, judge, conditions: Tensor, attributes: Tensor, resolution: int,
-                      guidance: float, steps: int = 50, seed: int = 0) -> dict:
+def judge_token_model(model: LatentDiffusion, judge: ToyFaceJudge, *, conditions: Tensor, attributes: Tensor,
+                      resolution: int, guidance: float, steps: int = 50, seed: int = 0) -> dict:
     """Sample one image per held-out condition and score it with the judge.
 
     ``conditions``: what the model reads (class indices, attributes or caption ids);
@@ -134,7 +134,7 @@ def judge_token_model(model, judge, conditions: Tensor, attributes: Tensor, reso
     only the hair options are scored, for a text model the attributes its captions name
     (:func:`mentioned_attributes`), for an attribute model all of them.
     """
-    samples = sample_in_batches(model, conditions, resolution, guidance, steps, seed)
+    samples = sample_in_batches(model, conditions, resolution=resolution, guidance=guidance, steps=steps, seed=seed)
     scored = torch.ones_like(attributes, dtype=torch.bool)
     if model.kind == "class":
         scored[:, len(toyfaces.HAIR_OPTIONS):] = False
@@ -146,7 +146,8 @@ def judge_token_model(model, judge, conditions: Tensor, attributes: Tensor, reso
 
 
 @torch.no_grad()
-def evaluate_inpainting(model, pixels: Tensor, judge=None, steps: int = 50, seed: int = 0) -> dict:
+def evaluate_inpainting(model: LatentDiffusion, pixels: Tensor, judge: ToyFaceJudge | None = None, *,
+                        steps: int = 50, seed: int = 0) -> dict:
     """Inpaint held-out uint8 images (N, 3, R, R) under random masks (one per image)."""
     images = uint8_to_float(pixels)
     generator = torch.Generator().manual_seed(seed)
@@ -176,7 +177,7 @@ def region_psnr(images: Tensor, reference: Tensor, region: Tensor) -> float:
 
 
 @torch.no_grad()
-def evaluate_superres(model, pixels: Tensor, steps: int = 50, seed: int = 0) -> dict:
+def evaluate_superres(model: LatentDiffusion, pixels: Tensor, *, steps: int = 50, seed: int = 0) -> dict:
     """Super-resolve downsampled held-out uint8 images; PSNR against the originals, next to
     bicubic upsampling of the same low-resolution inputs."""
     images = uint8_to_float(pixels)
