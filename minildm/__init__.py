@@ -6,13 +6,15 @@ Stage 1, perceptual compression (Sec. 3.1):
 
 - :mod:`~minildm.nn`: the blocks every network shares: ResBlock, down/upsampling, attention (04)
 - :mod:`~minildm.attention`: multi-head attention, cross-attention, the spatial transformer (07)
-- :mod:`~minildm.autoencoder`: encoder E, decoder D, the KL and VQ regularisers (01, 02)
+- :mod:`~minildm.regularizers`: the KL (reparameterised Gaussian) and VQ (codebook) latents (01, 02)
+- :mod:`~minildm.autoencoder`: encoder E, decoder D, the latent scale factor (01, 02)
 - :mod:`~minildm.losses`: L1 + perceptual + patch GAN with the adaptive weight (01)
 - :mod:`~minildm.autoencoder_training`: train an autoencoder into a run folder, load it (01, 02)
 
 Stage 2, diffusion in the latent space (Sec. 3.2):
 
-- :mod:`~minildm.diffusion`: the noise schedule, q(x_t | x_0), the loss, DDPM and DDIM (03, 06)
+- :mod:`~minildm.diffusion`: the noise schedule, q(x_t | x_0) and its posterior, the loss (03, 05)
+- :mod:`~minildm.sampling`: the reverse chain: DDPM and DDIM, trajectories, inversion (06)
 - :mod:`~minildm.unet`: the time-conditional UNet eps_theta(z_t, t) (04)
 
 Stage 3, conditioning (Sec. 3.3):
@@ -27,6 +29,7 @@ The model, trained:
 - :mod:`~minildm.train`: the one training loop both stages use: EMA, Ctrl-C, NaN checks (01, 05)
 - :mod:`~minildm.checkpoint`: safetensors files written atomically, run folders (05)
 - :mod:`~minildm.config`: profiles (tiny, cpu, gpu, the one-GPU recipes), presets, paths (00)
+- :mod:`minildm.course`: the course kit: exercises, the student copy, the grader (docs/teaching.md)
 - :mod:`~minildm.demo`: the whole pipeline on one screen (``python -m minildm demo``)
 - :mod:`~minildm.cli`: the command line, ``python -m minildm COMMAND``
 - :mod:`~minildm.viz`: image grids

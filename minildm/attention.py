@@ -63,14 +63,24 @@ class Attention(nn.Module):
                    for projection in (self.to_q(x), self.to_k(context), self.to_v(context)))  # (B, h, N|L, d)
         attn_mask = None if mask is None else rearrange(mask, "b l -> b 1 1 l")  # True = may attend
         if self.capture_maps:
-            scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5  # (B, h, N, L)
-            if attn_mask is not None:
-                scores = scores.masked_fill(~attn_mask, float("-inf"))
-            self.last_map = scores.softmax(dim=-1).detach()
+            self.last_map = attention_weights(q, k, attn_mask).detach()
             attended = self.last_map.to(v.dtype) @ v
         else:
             attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, h, N, d)
         return self.to_out(rearrange(attended, "b heads n d -> b n (heads d)"))  # (B, N, C)
+
+
+def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None) -> Tensor:
+    """softmax(Q K^T / sqrt(d)) over the keys (Vaswani et al. 2017, eq. 1; LDM eq. 3): queries q
+    (B, h, N, d), keys k (B, h, L, d), ``mask`` (B, 1, 1, L) True where a key may be attended
+    to -> weights (B, h, N, L), each row summing to 1 over the allowed keys."""
+    # Exercise 07.1: the attention weights, masked keys getting weight 0
+    ### BEGIN SOLUTION
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5  # (B, h, N, L)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1)
+    ### END SOLUTION
 
 
 class FeedForward(nn.Module):

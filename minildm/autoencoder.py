@@ -11,6 +11,8 @@ The latent must be small, but also well behaved, so the paper regularises it in 
 - VQ-reg. (:class:`AutoencoderVQ`): the latent is snapped to the nearest entry of a learned
   codebook (VQ-VAE, van den Oord et al. 2017), with the quantiser inside the decoder.
 
+The two regularisers themselves are in :mod:`minildm.regularizers`.
+
 Both share one interface: ``encode(x) -> z``, ``decode(z) -> x``, ``forward(x) ->
 (reconstruction, extras)``; :func:`build_autoencoder` picks the class from the config. The
 training objective (L1 + perceptual + patch GAN) lives in :mod:`minildm.losses`.
@@ -30,6 +32,7 @@ from torch import Tensor, nn
 
 from minildm.config import SavedConfig
 from minildm.nn import Downsample, ResBlock, SelfAttention2d, Upsample, normalization
+from minildm.regularizers import DiagonalGaussian, VectorQuantizer
 
 # Channel multiplier per resolution level; one downsampling between consecutive levels.
 CHANNEL_MULTIPLIERS = {4: (1, 2, 4), 8: (1, 2, 4, 4), 16: (1, 1, 2, 2, 4)}
@@ -159,106 +162,6 @@ def middle_block(channels: int, attention: bool) -> nn.Sequential:
     return nn.Sequential(ResBlock(channels, channels), attend, ResBlock(channels, channels))
 
 
-class DiagonalGaussian:
-    """The posterior q(z|x) = N(mean, diag(exp(logvar))) predicted by the KL encoder.
-
-    Args:
-        parameters: (B, 2C, H, W), the mean and the log-variance stacked along channels.
-    """
-
-    def __init__(self, parameters: Tensor) -> None:
-        self.mean, logvar = parameters.float().chunk(2, dim=1)  # (B, C, H, W) each, float32
-        self.logvar = logvar.clamp(-30.0, 20.0)
-        self.var = self.logvar.exp()
-        self.std = (0.5 * self.logvar).exp()
-
-    def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        """z = mean + std * eps, eps ~ N(0, I) (the reparameterisation trick)."""
-        eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device,
-                          dtype=self.mean.dtype)
-        return self.mean + self.std * eps
-
-    def mode(self) -> Tensor:
-        return self.mean
-
-    def kl(self) -> Tensor:
-        """KL(q || N(0, I)) = 0.5 * sum(mean^2 + var - 1 - logvar), summed over C, H, W and
-        averaged over the batch: a scalar."""
-        per_element = 0.5 * (self.mean**2 + self.var - 1.0 - self.logvar)
-        return per_element.sum(dim=(1, 2, 3)).mean()
-
-
-class VectorQuantizer(nn.Module):
-    """Nearest-neighbour lookup in a learned codebook (VQ-VAE, van den Oord et al. 2017).
-
-    Loss: ``||sg[z_e] - e||^2 + beta * ||z_e - sg[e]||^2`` (codebook + commitment; ``sg`` stops
-    the gradient), averaged over elements. The lookup has no gradient, so the straight-through
-    estimator ``z_q = z_e + sg[e - z_e]`` copies the decoder's gradient to the encoder.
-
-    Dead codes: a buffer counts the training steps since each code was last chosen. A code
-    unused for ``revive_after`` steps is moved onto a random encoder output of the current batch.
-    The count starts at ``revive_after``, so the first training step initialises the whole
-    codebook from encoder outputs. Nothing changes in eval mode.
-    """
-
-    def __init__(self, codebook_size: int, dim: int, beta: float = 0.25, revive_after: int = 50) -> None:
-        super().__init__()
-        self.codebook_size, self.beta, self.revive_after = codebook_size, beta, revive_after
-        self.codebook = nn.Embedding(codebook_size, dim)
-        nn.init.uniform_(self.codebook.weight, -1.0 / codebook_size, 1.0 / codebook_size)
-        self.register_buffer("steps_since_used", torch.full((codebook_size,), revive_after))
-
-    def nearest_code(self, flat: Tensor) -> Tensor:
-        """Indices (N,) of the codebook rows closest to ``flat`` (N, dim).
-
-        The argmin of the Euclidean distance is that of the squared distance; computing it in
-        float32 keeps the choice accurate under bf16 autocast."""
-        with torch.no_grad():
-            distances = torch.cdist(flat.float(), self.codebook.weight.float())  # (N, K)
-        return distances.argmin(dim=1)
-
-    def lookup(self, z_e: Tensor) -> tuple[Tensor, Tensor]:
-        """Nearest codes for ``z_e`` (B, dim, H, W): codes (B, dim, H, W), indices (B, H, W)."""
-        height, width = z_e.shape[-2:]
-        indices = self.nearest_code(rearrange(z_e, "b d h w -> (b h w) d"))  # (BHW,)
-        indices = rearrange(indices, "(b h w) -> b h w", h=height, w=width)
-        return rearrange(self.codebook(indices), "b h w d -> b d h w"), indices
-
-    def quantize(self, z_e: Tensor) -> tuple[Tensor, Tensor]:
-        """Snap ``z_e`` to the codebook, no side effects: (z_q straight-through, indices)."""
-        codes, indices = self.lookup(z_e)
-        return z_e + (codes - z_e).detach(), indices
-
-    def forward(self, z_e: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Returns ``(z_q, loss, indices)``; in training mode also tracks and revives dead codes."""
-        if self.training:
-            self.revive_dead_codes(rearrange(z_e, "b d h w -> (b h w) d"))
-        codes, indices = self.lookup(z_e)  # (B, dim, H, W), (B, H, W)
-        if self.training:
-            self.steps_since_used += 1
-            self.steps_since_used[indices.unique()] = 0
-        loss = F.mse_loss(codes, z_e.detach()) + self.beta * F.mse_loss(z_e, codes.detach())
-        z_q = z_e + (codes - z_e).detach()  # value of codes, gradient of z_e
-        return z_q, loss, indices
-
-    @torch.no_grad()
-    def revive_dead_codes(self, flat: Tensor) -> None:
-        """Move codes unused for ``revive_after`` steps onto random rows of ``flat`` (N, dim)."""
-        dead = (self.steps_since_used >= self.revive_after).nonzero().squeeze(1)
-        if len(dead) == 0:
-            return
-        chosen = torch.randint(len(flat), (len(dead),), device=flat.device)
-        self.codebook.weight[dead] = flat[chosen].to(self.codebook.weight.dtype)
-        self.steps_since_used[dead] = 0
-
-    def perplexity(self, indices: Tensor) -> Tensor:
-        """exp(entropy of code usage): K when all K codes are used equally often, 1 for one code."""
-        counts = torch.bincount(indices.flatten(), minlength=self.codebook_size).float()
-        probabilities = counts / counts.sum()
-        entropy = -(probabilities * torch.log(probabilities.clamp_min(1e-12))).sum()
-        return entropy.exp()
-
-
 class Autoencoder(nn.Module):
     """What both regularisations share: encoder, decoder, latent shape and scale factor.
 
@@ -381,12 +284,14 @@ def measure_scale_factor(autoencoder: Autoencoder, images: Tensor, batch_size: i
     Multiplying latents by this makes them unit variance, the scale the diffusion noise
     schedule assumes (paper Sec. 4.3.2 and App. D.1, which estimates it on the first batch).
     Stable Diffusion's famous 0.18215 is exactly this number measured for its KL-f8
-    autoencoder. VQ latents keep 1.0 in the paper.
-    Use: ``autoencoder.scale_factor.fill_(measure_scale_factor(autoencoder, images))``.
+    autoencoder. VQ latents keep 1.0 in the paper. Use it with ``autoencoder.scale_factor.fill_``.
     """
     was_training = autoencoder.training
     autoencoder.eval()
     device = autoencoder.scale_factor.device
     latents = [autoencoder.encode(batch.to(device)) for batch in images.split(batch_size)]
     autoencoder.train(was_training)
+    # Exercise 01.5: the scale factor that gives `latents` (a list of batches) unit variance, as a float
+    ### BEGIN SOLUTION
     return 1.0 / torch.cat(latents).float().std().item()
+    ### END SOLUTION

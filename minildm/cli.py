@@ -19,6 +19,10 @@ from minildm import data, losses
 from minildm.autoencoder_training import autoencoder_config, load_autoencoder, train_autoencoder
 from minildm.conditioning import KINDS, TOKEN_KINDS, condition_tensor, conditioning_config, requested_condition
 from minildm.config import PROFILES, MinildmError, Profile, get_profile
+from minildm.course.exercises import EXERCISES
+from minildm.course.grading import grade
+from minildm.course.sandbox import Limits
+from minildm.course.student import check_exercises, write_student_copy
 from minildm.data.images import UNREADABLE_ERRORS, read_image
 from minildm.demo import run_demo
 from minildm.evaluation import bench, scores
@@ -49,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minildm", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add_command in (add_data, add_train_ae, add_train_ldm, add_sample, add_evaluate, add_bench, add_demo):
+    for add_command in (add_data, add_train_ae, add_train_ldm, add_sample, add_evaluate, add_bench, add_demo,
+                        add_course):
         add_command(commands)
     return parser
 
@@ -349,3 +354,41 @@ def add_demo(commands) -> None:
     parser = _command(commands, "demo", "the embedded default end to end (toy faces)",
                       lambda args, profile: run_demo(args.out, profile, args.seed))
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the results")
+
+
+# course
+def add_course(commands) -> None:
+    course = commands.add_parser("course", help="the course kit: student copy, checks, grading",
+                                 description="the course kit: student copy, checks, grading")
+    actions = course.add_subparsers(dest="action", required=True, metavar="ACTION")
+    student = _command(actions, "student", "write the student copy of this checkout into a new folder", run_student)
+    student.add_argument("out", type=Path, help="the new folder")
+    _command(actions, "check", "run the public checks: which exercises are done", run_check)
+    grade = _command(actions, "grade", "grade a folder of submissions (student copies or zips of them)", run_grade)
+    grade.add_argument("submissions", type=Path, help="folder with one folder or .zip per student")
+    grade.add_argument("--out", type=Path, required=True, help="folder for grades.csv and results/")
+    grade.add_argument("--jobs", type=positive_integer, default=1, help="submissions graded at once (default 1)")
+    grade.add_argument("--time-limit", type=positive_integer, default=120,
+                       help="seconds of wall-clock time per exercise run (default 120)")
+
+
+def run_student(args: argparse.Namespace, profile: Profile) -> None:
+    count = write_student_copy(args.out)
+    print(f"student copy: {count} files in {args.out} ({len(EXERCISES)} exercises stubbed, outputs cleared, "
+          f"grading tests left out)")
+
+
+def run_check(args: argparse.Namespace, profile: Profile) -> None:
+    status = check_exercises()
+    for exercise in EXERCISES:
+        print(f"Exercise {exercise.id} {exercise.name:<28} {status[exercise.id]}")
+    done = sum(value == "done" for value in status.values())
+    print(f"{done} of {len(EXERCISES)} exercises pass their public checks")
+
+
+def run_grade(args: argparse.Namespace, profile: Profile) -> None:
+    started = time.perf_counter()
+    limits = Limits(wall_seconds=args.time_limit, cpu_seconds=2 * args.time_limit)
+    grades = grade(args.submissions, args.out, jobs=args.jobs, limits=limits)
+    print(f"graded {len(grades)} submissions in {time.perf_counter() - started:.0f} s: {args.out / 'grades.csv'}, "
+          f"{args.out / 'results'}")

@@ -90,9 +90,12 @@ class ConditionEncoder(nn.Module, ABC):
     def forward(self, condition: Tensor, drop: Tensor | None = None) -> tuple[Tensor, Tensor]:
         tokens, mask = self.encode(condition)  # (B, L, D), (B, L)
         if drop is not None:
+            # Exercise 07.3: replace the rows where `drop` is True by the null sequence (padded to length L)
+            ### BEGIN SOLUTION
             null_tokens, null_mask = pad(*self.null(len(tokens)), tokens.shape[1])
             tokens = torch.where(drop[:, None, None], null_tokens, tokens)
             mask = torch.where(drop[:, None], null_mask, mask)
+            ### END SOLUTION
         return tokens, mask
 
     def null(self, n: int) -> tuple[Tensor, Tensor]:

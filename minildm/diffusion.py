@@ -1,4 +1,4 @@
-"""Gaussian diffusion: the forward noising process, the training loss and two samplers.
+"""Gaussian diffusion: the noise schedule, the forward noising process and the training loss.
 
 The forward process adds noise in ``T`` small steps, ``q(x_t | x_{t-1}) = N(sqrt(1 - beta_t)
 x_{t-1}, beta_t I)``. Its marginal has a closed form (DDPM, Ho et al. 2020, eq. 4)::
@@ -6,9 +6,9 @@ x_{t-1}, beta_t I)``. Its marginal has a closed form (DDPM, Ho et al. 2020, eq. 
     q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I),   abar_t = prod_{s <= t} (1 - beta_s)
 
 so training draws ``t`` and ``eps`` and asks a network to undo the noise in one shot
-(DDPM eq. 14; LDM, Rombach et al. 2022, eq. 1 in pixels and eq. 2 in the autoencoder's latent space). Sampling runs the
-learned reverse chain: DDPM's ancestral sampler (eq. 11, with the posterior of eq. 7) over all
-``T`` steps, or DDIM (Song et al. 2021, eq. 12) over any subsequence of them.
+(DDPM eq. 14; LDM, Rombach et al. 2022, eq. 1 in pixels and eq. 2 in the autoencoder's latent
+space). Sampling runs the learned reverse chain, with the posterior of DDPM eq. 7 that this
+module provides; the samplers themselves are in :mod:`minildm.sampling`.
 
 The network's output can be read three ways (``prediction``): the noise ``eps`` (DDPM, LDM),
 the clean sample ``x0``, or the velocity ``v = sqrt(abar) eps - sqrt(1 - abar) x0`` (Salimans
@@ -31,8 +31,6 @@ code                              paper                               where
 ``q_sample``                      sample of q(x_t | x_0)              DDPM eq. 4
 ``q_posterior``                   q(x_{t-1} | x_t, x_0)               DDPM eqs. 6-7
 ``loss``                          L_LDM                               LDM eqs. 1-2
-``ddpm_sample``                   ancestral sampling                  DDPM eq. 11, Alg. 2
-``ddim_sample``, ``eta``          DDIM, eta                           DDIM eqs. 12, 16
 ================================  ==================================  ========================
 
 In a latent diffusion model x is the scaled latent z of the autoencoder (LDM Sec. 3.2).
@@ -46,7 +44,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from minildm.config import SavedConfig
 
@@ -67,7 +64,10 @@ def make_betas(schedule: str = "linear", timesteps: int = 1000, beta_start: floa
       betas clipped at 0.999.
     """
     if schedule == "linear":
+        # Exercise 03.1: the LDM schedule, float64
+        ### BEGIN SOLUTION
         return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, timesteps, dtype=torch.float64) ** 2
+        ### END SOLUTION
     if schedule == "cosine":
         s = 0.008
         steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
@@ -93,28 +93,8 @@ class DiffusionConfig(SavedConfig):
                          beta_end=self.beta_end, prediction=self.prediction, min_snr_gamma=self.min_snr_gamma)
 
 
-@dataclass
-class Trajectory:
-    """What a sampler passed through, for plots: ``states[0]`` is the starting noise and
-    ``states[i]`` (i >= 1) x after the step at ``timesteps[i - 1]``, whose network saw the
-    clean sample ``predictions[i - 1]``; ``result`` is the last state."""
-
-    timesteps: list[int]
-    states: list[Tensor]
-    predictions: list[Tensor]
-
-    def record(self, step: int, state: Tensor, prediction: Tensor) -> None:
-        self.timesteps.append(step)
-        self.states.append(state)
-        self.predictions.append(prediction)
-
-    @property
-    def result(self) -> Tensor:
-        return self.states[-1]
-
-
 class Diffusion:
-    """A noise schedule with everything derived from it, the loss and the samplers.
+    """A noise schedule with everything derived from it, and the loss.
 
     Args:
         schedule, timesteps, beta_start, beta_end: see :func:`make_betas`.
@@ -149,13 +129,19 @@ class Diffusion:
     # forward process
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, a sample of q(x_t | x0) (DDPM eq. 4)."""
+        # Exercise 03.2: x_t from x0 and the noise in one jump (read abar_t with self.at)
+        ### BEGIN SOLUTION
         alpha_bar = self.at(self.alpha_bars, t, x0)
         return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
+        ### END SOLUTION
 
     def q_posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and variance of q(x_{t-1} | x_t, x0) (DDPM eqs. 6-7)."""
+        # Exercise 06.1: the posterior's mean and variance from the tables set up in __init__
+        ### BEGIN SOLUTION
         mean = self.at(self.posterior_coef_x0, t, x_t) * x0 + self.at(self.posterior_coef_xt, t, x_t) * x_t
         return mean, self.at(self.posterior_variance, t, x_t)
+        ### END SOLUTION
 
     # what the network predicts
     def target(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
@@ -164,8 +150,11 @@ class Diffusion:
             return noise
         if self.prediction == "x0":
             return x0
+        # Exercise 05.1: the v-target (Salimans & Ho 2022)
+        ### BEGIN SOLUTION
         alpha_bar = self.at(self.alpha_bars, t, x0)
         return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
+        ### END SOLUTION
 
     def split_prediction(self, output: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """The (x0, eps) pair a network output implies, given x_t = sqrt(abar) x0 + sqrt(1-abar) eps."""
@@ -175,7 +164,10 @@ class Diffusion:
             return (x_t - noise_level * output) / signal, output
         if self.prediction == "x0":
             return output, (x_t - signal * output) / noise_level
+        # Exercise 05.1: the (x0, eps) that a v-prediction `output` implies
+        ### BEGIN SOLUTION
         return signal * x_t - noise_level * output, noise_level * x_t + signal * output
+        ### END SOLUTION
 
     def loss(self, denoise: Denoiser, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """LDM eqs. 1-2: E_{x0, eps, t} ||target - network(x_t, t)||^2, t uniform over the T steps.
@@ -183,11 +175,14 @@ class Diffusion:
         With ``min_snr_gamma``, each sample's error is weighted by min(SNR_t, gamma) / SNR_t
         (for eps; x0: min(SNR_t, gamma); v: min(SNR_t, gamma) / (SNR_t + 1)).
         """
+        # Exercise 05.2: draw t, then the noise, with `generator`; weight each image's mean squared error
+        ### BEGIN SOLUTION
         t = torch.randint(0, self.timesteps, (len(x0),), generator=generator).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
         output = denoise(self.q_sample(x0, t, noise), t)
         errors = (output.float() - self.target(x0, noise, t)).pow(2).mean(dim=(1, 2, 3))  # (B,)
         return (errors * self.loss_weights(t).to(errors.device)).mean()
+        ### END SOLUTION
 
     def loss_weights(self, t: Tensor) -> Tensor:
         """Per-sample loss weights (B,): ones, or the min-SNR-gamma weights."""
@@ -198,126 +193,12 @@ class Diffusion:
         denominator = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + 1}[self.prediction]
         return (clipped / denominator).float()
 
-    # samplers
-    @torch.no_grad()
-    def ddpm_sample(self, denoise: Denoiser, x_T: Tensor, *, generator: torch.Generator | None = None,
-                    clip: float | None = None, progress: bool = False) -> Tensor:
-        """Ancestral sampling over all T steps (DDPM eq. 11, Algorithm 2):
-        x_{t-1} = posterior mean(x0_hat, x_t) + sigma_t z with sigma_t^2 the posterior variance
-        (the "fixed small" choice the LDM code uses), no noise at the last step.
-
-        Args:
-            x_T: the starting noise, (B, C, H, W).
-            generator: for the noise added along the way.
-            clip: clamp the predicted x0 to [-clip, clip] (useful in pixel space, where images
-                live in [-1, 1]; latents have no fixed range).
-        """
-        return self._ddpm(denoise, x_T, generator, clip, progress, trajectory=None)
-
-    def ddpm_trajectory(self, denoise: Denoiser, x_T: Tensor, *, generator: torch.Generator | None = None,
-                        clip: float | None = None, progress: bool = False) -> Trajectory:
-        """:meth:`ddpm_sample`, keeping every state and every predicted x0."""
-        trajectory = Trajectory([], [x_T], [])
-        self._ddpm(denoise, x_T, generator, clip, progress, trajectory)
-        return trajectory
-
-    @torch.no_grad()
-    def _ddpm(self, denoise: Denoiser, x_T: Tensor, generator: torch.Generator | None, clip: float | None,
-              progress: bool, trajectory: Trajectory | None) -> Tensor:
-        x = x_T
-        for step in tqdm(range(self.timesteps - 1, -1, -1), desc="DDPM", disable=not progress):
-            t = torch.full((len(x),), step, dtype=torch.long, device=x.device)
-            x0, _ = self._predict(denoise, x, t, clip)
-            mean, variance = self.q_posterior(x0, x, t)
-            noise = torch.randn(x.shape, generator=generator).to(x) if step > 0 else torch.zeros_like(x)
-            x = mean + variance.sqrt() * noise
-            if trajectory is not None:
-                trajectory.record(step, x, x0)
-        return x
-
-    def ddim_timesteps(self, steps: int) -> list[int]:
-        """``steps`` time steps spread evenly over [0, T-1], from the noisiest down."""
-        if not 1 <= steps <= self.timesteps:
-            raise ValueError(f"steps must be between 1 and {self.timesteps}, got {steps}")
-        return torch.linspace(self.timesteps - 1, 0, steps).round().long().tolist()
-
-    @torch.no_grad()
-    def ddim_sample(self, denoise: Denoiser, x_T: Tensor, *, steps: int = 50, eta: float = 0.0,
-                    generator: torch.Generator | None = None, clip: float | None = None,
-                    progress: bool = False) -> Tensor:
-        """DDIM (Song et al. 2021, eq. 12) over ``steps`` of the T steps:
-
-            x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps_hat + sigma z,
-            sigma = eta * sqrt((1 - abar_s) / (1 - abar_t)) * sqrt(1 - abar_t / abar_s)
-
-        where s is the next (less noisy) time step, abar = 1 after the last. ``eta = 0`` is
-        deterministic: the same x_T always gives the same sample; ``eta = 1`` with all T steps
-        is DDPM's ancestral sampler.
-        """
-        return self._ddim(denoise, x_T, steps, eta, generator, clip, progress, trajectory=None)
-
-    def ddim_trajectory(self, denoise: Denoiser, x_T: Tensor, *, steps: int = 50, eta: float = 0.0,
-                        generator: torch.Generator | None = None, clip: float | None = None,
-                        progress: bool = False) -> Trajectory:
-        """:meth:`ddim_sample`, keeping every state and every predicted x0."""
-        trajectory = Trajectory([], [x_T], [])
-        self._ddim(denoise, x_T, steps, eta, generator, clip, progress, trajectory)
-        return trajectory
-
-    @torch.no_grad()
-    def _ddim(self, denoise: Denoiser, x_T: Tensor, steps: int, eta: float, generator: torch.Generator | None,
-              clip: float | None, progress: bool, trajectory: Trajectory | None) -> Tensor:
-        x = x_T
-        schedule = self.ddim_timesteps(steps)
-        for index, step in enumerate(tqdm(schedule, desc="DDIM", disable=not progress)):
-            t = torch.full((len(x),), step, dtype=torch.long, device=x.device)
-            x0, eps = self._predict(denoise, x, t, clip)
-            alpha_bar = self.alpha_bars[step].item()
-            alpha_bar_next = self.alpha_bars[schedule[index + 1]].item() if index + 1 < len(schedule) else 1.0
-            sigma = eta * math.sqrt((1 - alpha_bar_next) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_next))
-            x = math.sqrt(alpha_bar_next) * x0 + math.sqrt(1 - alpha_bar_next - sigma ** 2) * eps
-            if sigma > 0:
-                x = x + sigma * torch.randn(x.shape, generator=generator).to(x)
-            if trajectory is not None:
-                trajectory.record(step, x, x0)
-        return x
-
-    @torch.no_grad()
-    def ddim_invert(self, denoise: Denoiser, x0: Tensor, *, steps: int = 50, progress: bool = False) -> Tensor:
-        """Run deterministic DDIM backwards, from a clean x0 to a noise x_T that DDIM with
-        ``eta = 0`` and the same ``steps`` maps back to (nearly) x0.
-
-        Going from level s up to level t needs eps(x_t, t), which is not known yet; it is
-        approximated by eps(x_s, t), exact in the limit of many steps.
-        """
-        x, alpha_bar_prev = x0, 1.0
-        for step in tqdm(self.ddim_timesteps(steps)[::-1], desc="DDIM inversion", disable=not progress):
-            t = torch.full((len(x),), step, dtype=torch.long, device=x.device)
-            eps = self.split_prediction(denoise(x, t).float(), x, t)[1]
-            x0_hat = (x - math.sqrt(1 - alpha_bar_prev) * eps) / math.sqrt(alpha_bar_prev)
-            alpha_bar_prev = self.alpha_bars[step].item()
-            x = math.sqrt(alpha_bar_prev) * x0_hat + math.sqrt(1 - alpha_bar_prev) * eps
-        return x
-
-    def _predict(self, denoise: Denoiser, x: Tensor, t: Tensor, clip: float | None) -> tuple[Tensor, Tensor]:
-        """(x0_hat, eps_hat) from the network; with ``clip``, x0 is clamped and eps recomputed."""
+    def predict(self, denoise: Denoiser, x: Tensor, t: Tensor, clip: float | None = None) -> tuple[Tensor, Tensor]:
+        """(x0_hat, eps_hat) from the network at x_t = ``x``; with ``clip``, x0 is clamped to
+        [-clip, clip] and eps recomputed from it (what the samplers of :mod:`minildm.sampling` use)."""
         x0, eps = self.split_prediction(denoise(x, t).float(), x, t)
         if clip is not None:
             x0 = x0.clamp(-clip, clip)
             alpha_bar = self.at(self.alpha_bars, t, x)
             eps = (x - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
         return x0, eps
-
-
-def slerp(a: Tensor, b: Tensor, weight: float) -> Tensor:
-    """Spherical interpolation between two noise tensors of the same shape (Shoemake 1985).
-
-    Gaussian noise lives near a sphere of radius sqrt(numel); a straight line between two
-    draws cuts inside it (the midpoint has about 0.71 of the norm), which DDIM decodes as a
-    washed-out image. Following the great circle keeps the norm: used for DDIM interpolation.
-    """
-    cosine = (a.flatten() @ b.flatten() / (a.norm() * b.norm())).clamp(-1, 1)
-    angle = torch.arccos(cosine)
-    if angle.abs() < 1e-6:
-        return torch.lerp(a, b, weight)
-    return (torch.sin((1 - weight) * angle) * a + torch.sin(weight * angle) * b) / torch.sin(angle)

@@ -72,9 +72,12 @@ def random_masks(n: int, resolution: int, generator: torch.Generator | None = No
 def inpainting_condition(encode: Callable[[Tensor], Tensor], images: Tensor, masks: Tensor) -> Tensor:
     """The UNet's extra input for inpainting: (B, c + 1, h, w) = the latent of the image with
     the masked region set to 0, and the fraction of each latent cell that is masked."""
+    # Exercise 08.1: encode the masked images, shrink the masks to the latent's size, concatenate
+    ### BEGIN SOLUTION
     latents = encode(images * (1 - masks))  # (B, c, h, w)
     small_masks = F.adaptive_avg_pool2d(masks, latents.shape[-2:]).to(latents)  # (B, 1, h, w)
     return torch.cat([latents, small_masks], dim=1)
+    ### END SOLUTION
 
 
 def downsample(images: Tensor, factor: int) -> Tensor:

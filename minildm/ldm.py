@@ -26,8 +26,9 @@ from torch import Tensor, nn
 from minildm.autoencoder import Autoencoder, AutoencoderConfig, build_autoencoder
 from minildm.conditioning import CONCAT_KINDS, TOKEN_KINDS, ConditioningConfig, build_encoder, pad
 from minildm.config import SavedConfig
-from minildm.diffusion import DiffusionConfig, Trajectory
+from minildm.diffusion import DiffusionConfig
 from minildm.image_conditions import inpainting_condition, paste, superres_condition
+from minildm.sampling import Trajectory, ddim_sample, ddim_trajectory, ddpm_sample, ddpm_trajectory
 from minildm.unet import UNet, UNetConfig
 
 SAMPLERS = ("ddim", "ddpm")
@@ -140,7 +141,10 @@ class LatentDiffusion(nn.Module):
         def guided(z_t: Tensor, t: Tensor) -> Tensor:
             conditional, unconditional = unet(torch.cat([z_t, z_t]), torch.cat([t, t]), both_tokens,
                                               both_mask).chunk(2)
+            # Exercise 07.2: classifier-free guidance from the two outputs
+            ### BEGIN SOLUTION
             return unconditional + guidance * (conditional - unconditional)
+            ### END SOLUTION
 
         return guided
 
@@ -164,10 +168,10 @@ class LatentDiffusion(nn.Module):
         ``generator``. ``steps`` and ``eta`` are DDIM's (DDPM runs all T steps).
         ``condition`` (n rows) and ``guidance``: see :meth:`denoiser`.
         """
-        run = self.diffusion.ddim_sample if sampler == "ddim" else self.diffusion.ddpm_sample
+        run = ddim_sample if sampler == "ddim" else ddpm_sample
         with evaluating(self.networks()):
             denoise, x_T = self._start(n, resolution, sampler, generator, noise, condition, guidance)
-            latents = run(denoise, x_T, **self._options(sampler, steps, eta, generator, progress))
+            latents = run(self.diffusion, denoise, x_T, **self._options(sampler, steps, eta, generator, progress))
         return self.decode(latents)
 
     @torch.no_grad()
@@ -176,10 +180,10 @@ class LatentDiffusion(nn.Module):
                           progress: bool = False, condition: Tensor | None = None,
                           guidance: float = 1.0) -> tuple[Tensor, Trajectory]:
         """:meth:`sample`, and the sampler's trajectory in latent space (states and predicted x0)."""
-        run = self.diffusion.ddim_trajectory if sampler == "ddim" else self.diffusion.ddpm_trajectory
+        run = ddim_trajectory if sampler == "ddim" else ddpm_trajectory
         with evaluating(self.networks()):
             denoise, x_T = self._start(n, resolution, sampler, generator, noise, condition, guidance)
-            trajectory = run(denoise, x_T, **self._options(sampler, steps, eta, generator, progress))
+            trajectory = run(self.diffusion, denoise, x_T, **self._options(sampler, steps, eta, generator, progress))
         return self.decode(trajectory.result), trajectory
 
     def _start(self, n: int, resolution: int, sampler: str, generator: torch.Generator | None,

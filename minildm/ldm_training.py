@@ -28,6 +28,7 @@ from minildm.data.images import uint8_to_float
 from minildm.diffusion import DiffusionConfig
 from minildm.image_conditions import downsample, random_masks, superres_condition
 from minildm.ldm import DEFAULT_GUIDANCE, LatentDiffusion, LDMConfig
+from minildm.sampling import ddim_sample
 from minildm.train import TrainConfig, Trainer
 from minildm.unet import UNetConfig
 
@@ -156,7 +157,7 @@ def sample_figure(model: LatentDiffusion, networks: nn.ModuleDict, conditions: T
     def figure_fn(modules, step):
         averaged = nn.ModuleDict({name: modules[name] for name in networks})
         denoise = model.denoiser(shown, guidance, len(noise), averaged)
-        return model.decode(model.diffusion.ddim_sample(denoise, noise, steps=25))
+        return model.decode(ddim_sample(model.diffusion, denoise, noise, steps=25))
 
     return figure_fn
 

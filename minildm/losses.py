@@ -220,7 +220,10 @@ class PatchDiscriminator(nn.Module):
 
 def hinge_d_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:
     """Discriminator hinge loss: 0.5 * (mean(relu(1 - real)) + mean(relu(1 + fake)))."""
+    # Exercise 01.3: the hinge loss of the discriminator
+    ### BEGIN SOLUTION
     return 0.5 * (F.relu(1 - logits_real).mean() + F.relu(1 + logits_fake).mean())
+    ### END SOLUTION
 
 
 def generator_adversarial_loss(logits_fake: Tensor) -> Tensor:
@@ -231,9 +234,12 @@ def generator_adversarial_loss(logits_fake: Tensor) -> Tensor:
 def adaptive_weight(rec_loss: Tensor, g_loss: Tensor, last_layer_weight: Tensor) -> Tensor:
     """||grad rec_loss|| / (||grad g_loss|| + 1e-4) at ``last_layer_weight``, in [0, 1e4], detached
     (VQGAN, Esser et al. 2021, Eq. 7): the GAN gradient gets the size of the reconstruction's."""
+    # Exercise 01.4: the adaptive weight; keep both graphs (retain_graph) for the backward pass after it
+    ### BEGIN SOLUTION
     rec_grad, = torch.autograd.grad(rec_loss, last_layer_weight, retain_graph=True)
     g_grad, = torch.autograd.grad(g_loss, last_layer_weight, retain_graph=True)
     return (rec_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
+    ### END SOLUTION
 
 
 @contextmanager

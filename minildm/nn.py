@@ -73,9 +73,12 @@ class ResBlock(nn.Module):
         h = self.conv1(F.silu(self.norm1(x)))  # (B, out, H, W)
         h = self.norm2(h)
         if self.time_proj is not None:
+            # Exercise 04.2: scale and shift h by the time embedding (time_proj gives scale, then shift)
+            ### BEGIN SOLUTION
             scale_shift = rearrange(self.time_proj(t_emb), "b c -> b c 1 1")  # (B, 2 * out, 1, 1)
             scale, shift = scale_shift.chunk(2, dim=1)  # (B, out, 1, 1) each
             h = h * (1 + scale) + shift
+            ### END SOLUTION
         h = self.conv2(self.dropout(F.silu(h)))  # (B, out, H, W)
         return self.skip(x) + h
 
@@ -125,8 +128,11 @@ class SelfAttention2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         height, width = x.shape[-2:]
         qkv = self.qkv(self.norm(x))  # (B, 3C, H, W)
+        # Exercise 04.3: qkv channels are (q, k, v) x heads x d; attend per head over the HW pixel tokens
+        ### BEGIN SOLUTION
         q, k, v = rearrange(qkv, "b (three heads d) h w -> three b heads (h w) d",
                             three=3, heads=self.heads)  # (B, heads, HW, d) each
         attended = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, d)
+        ### END SOLUTION
         attended = rearrange(attended, "b heads (h w) d -> b (heads d) h w", h=height, w=width)
         return x + self.proj_out(attended)  # (B, C, H, W)

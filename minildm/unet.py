@@ -68,10 +68,13 @@ def timestep_embedding(t: Tensor, channels: int, max_period: float = 10_000.0) -
 
     ``t``: (B,) -> (B, channels).
     """
+    # Exercise 04.1: the sinusoidal embedding, cosines first
+    ### BEGIN SOLUTION
     half = channels // 2
     frequencies = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)  # (half,)
     angles = t.float()[:, None] * frequencies[None]  # (B, half)
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+    ### END SOLUTION
 
 
 class UNetBlock(nn.ModuleList):

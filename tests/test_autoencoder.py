@@ -11,9 +11,9 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 from minildm.data import toyfaces
-from minildm.autoencoder import (AutoencoderConfig, AutoencoderKL, AutoencoderVQ, DiagonalGaussian,
-                                 PixelSpace, VectorQuantizer, build_autoencoder, measure_scale_factor,
-                                 pixel_space_config)
+from minildm.autoencoder import (AutoencoderConfig, AutoencoderKL, AutoencoderVQ, PixelSpace, build_autoencoder,
+                                 measure_scale_factor, pixel_space_config)
+from minildm.regularizers import DiagonalGaussian, VectorQuantizer
 from minildm.nn import ResBlock, SelfAttention2d, normalization
 
 

@@ -12,6 +12,7 @@ from minildm.config import MinildmError, get_profile
 from minildm.data import toyfaces
 from minildm.ldm import LatentDiffusion
 from minildm.ldm_training import ldm_config
+from minildm.sampling import ddim_sample
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +128,7 @@ def test_a_class_conditional_model_learns_its_classes():
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         denoise = model.denoiser(torch.tensor([0, 0, 1, 1]), guidance=2.0)
-        samples = model.diffusion.ddim_sample(denoise, torch.randn(4, 4, 8, 8, generator=generator), steps=20)
+        samples = ddim_sample(model.diffusion, denoise, torch.randn(4, 4, 8, 8, generator=generator), steps=20)
     means = samples.mean(dim=(1, 2, 3))
     assert (means[:2] > 0.7).all() and (means[2:] < -0.7).all(), means
 

@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
-from minildm.diffusion import Diffusion, make_betas, slerp
+from minildm.diffusion import Diffusion, make_betas
+from minildm.sampling import (ddim_invert, ddim_sample, ddim_timesteps, ddim_trajectory, ddpm_sample, ddpm_trajectory,
+                              slerp)
 
 
 def test_linear_schedule_is_linear_in_sqrt_beta():
@@ -143,21 +145,21 @@ def point_mass_denoiser(diffusion, value):
 
 def test_ddim_timesteps_run_from_the_noisiest_to_zero():
     diffusion = Diffusion()
-    assert diffusion.ddim_timesteps(1000) == list(range(999, -1, -1))
-    steps = diffusion.ddim_timesteps(50)
+    assert ddim_timesteps(diffusion, 1000) == list(range(999, -1, -1))
+    steps = ddim_timesteps(diffusion, 50)
     assert len(steps) == 50 and steps[0] == 999 and steps[-1] == 0 and steps == sorted(set(steps), reverse=True)
     with pytest.raises(ValueError, match="between 1 and 1000"):
-        diffusion.ddim_timesteps(0)
+        ddim_timesteps(diffusion, 0)
 
 
 def test_ddim_with_eta_zero_is_deterministic():
     diffusion = Diffusion()
     denoise = gaussian_data_denoiser(diffusion, 0.5)
     x_T = torch.randn(4, 2, 4, 4, generator=torch.Generator().manual_seed(0))
-    first = diffusion.ddim_sample(denoise, x_T, steps=20, generator=torch.Generator().manual_seed(1))
-    second = diffusion.ddim_sample(denoise, x_T, steps=20, generator=torch.Generator().manual_seed(2))
+    first = ddim_sample(diffusion, denoise, x_T, steps=20, generator=torch.Generator().manual_seed(1))
+    second = ddim_sample(diffusion, denoise, x_T, steps=20, generator=torch.Generator().manual_seed(2))
     assert torch.equal(first, second)
-    noisy = diffusion.ddim_sample(denoise, x_T, steps=20, eta=1.0, generator=torch.Generator().manual_seed(2))
+    noisy = ddim_sample(diffusion, denoise, x_T, steps=20, eta=1.0, generator=torch.Generator().manual_seed(2))
     assert not torch.allclose(first, noisy)
 
 
@@ -165,8 +167,8 @@ def test_ddim_with_eta_one_and_all_steps_is_ddpm():
     diffusion = Diffusion(timesteps=100, beta_start=0.001, beta_end=0.05)
     denoise = gaussian_data_denoiser(diffusion, 0.5)
     x_T = torch.randn(8, 2, 4, 4, generator=torch.Generator().manual_seed(0))
-    ddpm = diffusion.ddpm_sample(denoise, x_T, generator=torch.Generator().manual_seed(5))
-    ddim = diffusion.ddim_sample(denoise, x_T, steps=100, eta=1.0, generator=torch.Generator().manual_seed(5))
+    ddpm = ddpm_sample(diffusion, denoise, x_T, generator=torch.Generator().manual_seed(5))
+    ddim = ddim_sample(diffusion, denoise, x_T, steps=100, eta=1.0, generator=torch.Generator().manual_seed(5))
     assert torch.allclose(ddpm, ddim, atol=1e-4)
 
 
@@ -174,9 +176,9 @@ def test_a_ddpm_step_is_equation_11():
     diffusion = Diffusion(timesteps=50, beta_start=0.001, beta_end=0.05)
     eps_model = gaussian_data_denoiser(diffusion, 2.0)
     x_T = torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(0))
-    trajectory = diffusion.ddpm_trajectory(eps_model, x_T, generator=torch.Generator().manual_seed(1))
+    trajectory = ddpm_trajectory(diffusion, eps_model, x_T, generator=torch.Generator().manual_seed(1))
     x = trajectory.result
-    assert torch.equal(x, diffusion.ddpm_sample(eps_model, x_T, generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(x, ddpm_sample(diffusion, eps_model, x_T, generator=torch.Generator().manual_seed(1)))
     generator = torch.Generator().manual_seed(1)
     expected = x_T
     for step in range(49, -1, -1):  # x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t) + sigma_t z
@@ -203,20 +205,20 @@ def test_samplers_recover_a_point_mass(prediction):
         return {"eps": eps, "x0": x0, "v": alpha_bar.sqrt() * eps - (1 - alpha_bar).sqrt() * x0}[prediction]
 
     x_T = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(diffusion.ddim_sample(denoise, x_T, steps=10), torch.full_like(x_T, 0.8), atol=1e-4)
-    assert torch.allclose(diffusion.ddpm_sample(denoise, x_T), torch.full_like(x_T, 0.8), atol=1e-4)
+    assert torch.allclose(ddim_sample(diffusion, denoise, x_T, steps=10), torch.full_like(x_T, 0.8), atol=1e-4)
+    assert torch.allclose(ddpm_sample(diffusion, denoise, x_T), torch.full_like(x_T, 0.8), atol=1e-4)
 
 
 def test_samplers_draw_from_the_gaussian_data_distribution():
     diffusion = Diffusion()
     denoise = gaussian_data_denoiser(diffusion, 0.25)
     x_T = torch.randn(4000, 1, 1, 1, generator=torch.Generator().manual_seed(0))
-    for samples in (diffusion.ddim_sample(denoise, x_T, steps=1000),
-                    diffusion.ddpm_sample(denoise, x_T, generator=torch.Generator().manual_seed(1))):
+    for samples in (ddim_sample(diffusion, denoise, x_T, steps=1000),
+                    ddpm_sample(diffusion, denoise, x_T, generator=torch.Generator().manual_seed(1))):
         assert samples.std().item() == pytest.approx(0.5, rel=0.03)
         assert abs(samples.mean().item()) < 0.03
     # DDIM is a first-order solver of an ODE: with fewer steps it loses some of the spread
-    spreads = [diffusion.ddim_sample(denoise, x_T, steps=steps).std().item() for steps in (10, 50, 200)]
+    spreads = [ddim_sample(diffusion, denoise, x_T, steps=steps).std().item() for steps in (10, 50, 200)]
     assert spreads[0] < spreads[1] < spreads[2] < 0.5
 
 
@@ -224,17 +226,17 @@ def test_ddim_inversion_finds_the_noise_that_maps_back():
     diffusion = Diffusion()
     denoise = gaussian_data_denoiser(diffusion, 0.25)
     x0 = 0.5 * torch.randn(256, 1, 2, 2, generator=torch.Generator().manual_seed(0))
-    noise = diffusion.ddim_invert(denoise, x0, steps=200)
+    noise = ddim_invert(diffusion, denoise, x0, steps=200)
     assert noise.std().item() == pytest.approx(1.0, rel=0.1)  # data N(0, 0.25) -> noise N(0, 1)
-    assert torch.allclose(diffusion.ddim_sample(denoise, noise, steps=200), x0, rtol=0.03, atol=0.01)
+    assert torch.allclose(ddim_sample(diffusion, denoise, noise, steps=200), x0, rtol=0.03, atol=0.01)
 
 
 def test_clip_keeps_the_predicted_x0_in_range():
     diffusion = Diffusion()
     x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     wild = point_mass_denoiser(diffusion, 5.0)
-    trajectory = diffusion.ddim_trajectory(wild, x_T, steps=10, clip=1.0)
-    assert torch.equal(trajectory.result, diffusion.ddim_sample(wild, x_T, steps=10, clip=1.0))
+    trajectory = ddim_trajectory(diffusion, wild, x_T, steps=10, clip=1.0)
+    assert torch.equal(trajectory.result, ddim_sample(diffusion, wild, x_T, steps=10, clip=1.0))
     assert all(prediction.abs().max() <= 1.0 for prediction in trajectory.predictions)
     assert torch.allclose(trajectory.states[-1], torch.ones_like(x_T), atol=1e-4)
 

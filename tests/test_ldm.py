@@ -61,8 +61,9 @@ def test_samples_have_the_image_shape_and_range(trained):
     for sampler, steps in (("ddim", 4), ("ddpm", None)):
         images, trajectory = model.sample_trajectory(2, 32, sampler=sampler, steps=steps or 1000,
                                                      generator=torch.Generator().manual_seed(1))
-        assert torch.equal(images, model.sample(2, 32, sampler=sampler, steps=steps or 1000,
-                                                generator=torch.Generator().manual_seed(1)))
+        if sampler == "ddim":  # the trajectory's result is the sample (DDPM's 1000 steps once are enough)
+            assert torch.equal(images, model.sample(2, 32, sampler=sampler, steps=steps,
+                                                    generator=torch.Generator().manual_seed(1)))
         assert images.shape == (2, 3, 32, 32) and images.min() >= -1 and images.max() <= 1
         assert len(trajectory.states) == (steps or 1000) + 1 and trajectory.states[0].shape == (2, 4, 8, 8)
     with pytest.raises(ValueError, match="unknown sampler"):

@@ -80,6 +80,8 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
     Tr((S_a S_b)^(1/2)) is the sum of the square roots of the eigenvalues of
     S_a^(1/2) S_b S_a^(1/2), which is symmetric, so symmetric eigensolvers suffice.
     """
+    # Exercise 09.1: the Frechet distance in float64, as a float
+    ### BEGIN SOLUTION
     a, b = features_a.double(), features_b.double()
     mean_a, mean_b = a.mean(0), b.mean(0)
     cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
@@ -88,6 +90,7 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
     middle = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp_min(0)
     trace = cov_a.trace() + cov_b.trace() - 2 * middle.sqrt().sum()
     return ((mean_a - mean_b).square().sum() + trace).item()
+    ### END SOLUTION
 
 
 def kernel_distance(features_a: torch.Tensor, features_b: torch.Tensor, subsets: int = 100,
@@ -104,8 +107,11 @@ def kernel_distance(features_a: torch.Tensor, features_b: torch.Tensor, subsets:
         y = b[torch.randperm(len(b), generator=generator)[:size]]
         k_xx, k_yy = (x @ x.T / dimension + 1) ** 3, (y @ y.T / dimension + 1) ** 3
         k_xy = (x @ y.T / dimension + 1) ** 3
+        # Exercise 09.2: the unbiased squared MMD of this pair of subsets, appended to `estimates`
+        ### BEGIN SOLUTION
         within = (k_xx.sum() - k_xx.diagonal().sum() + k_yy.sum() - k_yy.diagonal().sum()) / (size * (size - 1))
         estimates.append((within - 2 * k_xy.mean()).item())
+        ### END SOLUTION
     values = torch.tensor(estimates)
     return values.mean().item(), values.std().item() if subsets > 1 else 0.0
 

@@ -1,0 +1,10 @@
+"""The course kit: exercises in the package, a student copy, and a grader for submissions.
+
+- :mod:`~minildm.course.exercises`: the exercises, marked in the package source the nbgrader
+  way (``### BEGIN SOLUTION`` / ``### END SOLUTION``), found, stubbed and spliced;
+- :mod:`~minildm.course.student`: ``python -m minildm course student OUT`` (the student copy)
+  and ``course check`` (the public checks, exercise by exercise);
+- :mod:`~minildm.course.sandbox`: running untrusted code with time, memory and network limits;
+- :mod:`~minildm.course.grading`: ``course grade``: every exercise of every submission graded
+  on its own, in the instructor's code, by the hidden tests in ``tests/grading``.
+"""

@@ -1,0 +1,172 @@
+"""Sampling: the learned reverse chain, from noise x_T to a sample x_0 (notebook 06).
+
+- DDPM's ancestral sampler (Ho et al. 2020, eq. 11, Algorithm 2): all T steps, each drawing
+  x_{t-1} from the posterior q(x_{t-1} | x_t, x0_hat) of eq. 7 around the network's x0_hat;
+- DDIM (Song et al. 2021, eq. 12): any subsequence of the steps; ``eta = 0`` is deterministic,
+  so noise and samples correspond one to one (:func:`ddim_invert` goes back; :func:`slerp`
+  moves between two noises along the sphere they live near).
+
+Each sampler comes twice: ``*_sample`` returns the sample, ``*_trajectory`` a
+:class:`Trajectory` with every state and every predicted x0 along the way. ``denoise`` is any
+function ``(x_t, t) -> network output`` (:meth:`minildm.ldm.LatentDiffusion.denoiser`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from minildm.diffusion import Denoiser, Diffusion
+
+
+@dataclass
+class Trajectory:
+    """What a sampler passed through, for plots: ``states[0]`` is the starting noise and
+    ``states[i]`` (i >= 1) x after the step at ``timesteps[i - 1]``, whose network saw the
+    clean sample ``predictions[i - 1]``; ``result`` is the last state."""
+
+    timesteps: list[int]
+    states: list[Tensor]
+    predictions: list[Tensor]
+
+    def record(self, step: int, state: Tensor, prediction: Tensor) -> None:
+        self.timesteps.append(step)
+        self.states.append(state)
+        self.predictions.append(prediction)
+
+    @property
+    def result(self) -> Tensor:
+        return self.states[-1]
+
+
+def ddpm_step(diffusion: Diffusion, denoise: Denoiser, x: Tensor, step: int,
+              generator: torch.Generator | None = None, clip: float | None = None) -> tuple[Tensor, Tensor]:
+    """One step of DDPM eq. 11 from x_t = ``x`` at time ``step``: (x_{t-1}, x0_hat). x_{t-1} is
+    the posterior mean around x0_hat plus sigma_t z, sigma_t^2 the posterior variance (the
+    "fixed small" choice of the LDM code); no noise at the last step (t = 0)."""
+    t = torch.full((len(x),), step, dtype=torch.long, device=x.device)
+    x0, _ = diffusion.predict(denoise, x, t, clip)
+    # Exercise 06.2: x_{t-1} from the posterior q(x_{t-1} | x_t, x0_hat), noise drawn with `generator` if t > 0
+    ### BEGIN SOLUTION
+    mean, variance = diffusion.q_posterior(x0, x, t)
+    noise = torch.randn(x.shape, generator=generator).to(x) if step > 0 else torch.zeros_like(x)
+    return mean + variance.sqrt() * noise, x0
+    ### END SOLUTION
+
+
+@torch.no_grad()
+def ddpm_sample(diffusion: Diffusion, denoise: Denoiser, x_T: Tensor, *, generator: torch.Generator | None = None,
+                clip: float | None = None, progress: bool = False) -> Tensor:
+    """Ancestral sampling over all T steps from the noise x_T (B, C, H, W). ``generator``
+    draws the noise added along the way; ``clip`` clamps the predicted x0 to [-clip, clip]
+    (useful in pixel space, where images live in [-1, 1]; latents have no fixed range)."""
+    x = x_T
+    for step in tqdm(range(diffusion.timesteps - 1, -1, -1), desc="DDPM", disable=not progress):
+        x, _ = ddpm_step(diffusion, denoise, x, step, generator, clip)
+    return x
+
+
+@torch.no_grad()
+def ddpm_trajectory(diffusion: Diffusion, denoise: Denoiser, x_T: Tensor, *,
+                    generator: torch.Generator | None = None, clip: float | None = None,
+                    progress: bool = False) -> Trajectory:
+    """:func:`ddpm_sample`, keeping every state and every predicted x0."""
+    trajectory = Trajectory([], [x_T], [])
+    for step in tqdm(range(diffusion.timesteps - 1, -1, -1), desc="DDPM", disable=not progress):
+        trajectory.record(step, *ddpm_step(diffusion, denoise, trajectory.result, step, generator, clip))
+    return trajectory
+
+
+def ddim_timesteps(diffusion: Diffusion, steps: int) -> list[int]:
+    """``steps`` time steps spread evenly over [0, T-1], from the noisiest down."""
+    if not 1 <= steps <= diffusion.timesteps:
+        raise ValueError(f"steps must be between 1 and {diffusion.timesteps}, got {steps}")
+    return torch.linspace(diffusion.timesteps - 1, 0, steps).round().long().tolist()
+
+
+def ddim_step(diffusion: Diffusion, denoise: Denoiser, x: Tensor, step: int, next_step: int | None,
+              eta: float = 0.0, generator: torch.Generator | None = None,
+              clip: float | None = None) -> tuple[Tensor, Tensor]:
+    """One step of DDIM eq. 12 from x_t = ``x`` at time ``step`` to the next (less noisy) time
+    ``next_step`` s (None after the last: abar_s = 1); returns (x_s, x0_hat)::
+
+        x_s = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps_hat + sigma z,
+        sigma = eta * sqrt((1 - abar_s) / (1 - abar_t)) * sqrt(1 - abar_t / abar_s)
+    """
+    t = torch.full((len(x),), step, dtype=torch.long, device=x.device)
+    x0, eps = diffusion.predict(denoise, x, t, clip)
+    alpha_bar = diffusion.alpha_bars[step].item()
+    alpha_bar_next = 1.0 if next_step is None else diffusion.alpha_bars[next_step].item()
+    # Exercise 06.3: sigma, then x_s; add sigma * z (z drawn with `generator`) only when sigma > 0
+    ### BEGIN SOLUTION
+    sigma = eta * math.sqrt((1 - alpha_bar_next) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_next))
+    x = math.sqrt(alpha_bar_next) * x0 + math.sqrt(1 - alpha_bar_next - sigma ** 2) * eps
+    if sigma > 0:
+        x = x + sigma * torch.randn(x.shape, generator=generator).to(x)
+    return x, x0
+    ### END SOLUTION
+
+
+@torch.no_grad()
+def ddim_sample(diffusion: Diffusion, denoise: Denoiser, x_T: Tensor, *, steps: int = 50, eta: float = 0.0,
+                generator: torch.Generator | None = None, clip: float | None = None,
+                progress: bool = False) -> Tensor:
+    """DDIM over ``steps`` of the T steps. ``eta = 0`` is deterministic: the same x_T always
+    gives the same sample; ``eta = 1`` with all T steps is DDPM's ancestral sampler."""
+    schedule = ddim_timesteps(diffusion, steps)
+    x = x_T
+    for index, step in enumerate(tqdm(schedule, desc="DDIM", disable=not progress)):
+        next_step = schedule[index + 1] if index + 1 < len(schedule) else None
+        x, _ = ddim_step(diffusion, denoise, x, step, next_step, eta, generator, clip)
+    return x
+
+
+@torch.no_grad()
+def ddim_trajectory(diffusion: Diffusion, denoise: Denoiser, x_T: Tensor, *, steps: int = 50, eta: float = 0.0,
+                    generator: torch.Generator | None = None, clip: float | None = None,
+                    progress: bool = False) -> Trajectory:
+    """:func:`ddim_sample`, keeping every state and every predicted x0."""
+    schedule = ddim_timesteps(diffusion, steps)
+    trajectory = Trajectory([], [x_T], [])
+    for index, step in enumerate(tqdm(schedule, desc="DDIM", disable=not progress)):
+        next_step = schedule[index + 1] if index + 1 < len(schedule) else None
+        trajectory.record(step, *ddim_step(diffusion, denoise, trajectory.result, step, next_step, eta, generator,
+                                           clip))
+    return trajectory
+
+
+@torch.no_grad()
+def ddim_invert(diffusion: Diffusion, denoise: Denoiser, x0: Tensor, *, steps: int = 50,
+                progress: bool = False) -> Tensor:
+    """Run deterministic DDIM backwards, from a clean x0 to a noise x_T that DDIM with
+    ``eta = 0`` and the same ``steps`` maps back to (nearly) x0.
+
+    Going from level s up to level t needs eps(x_t, t), which is not known yet; it is
+    approximated by eps(x_s, t), exact in the limit of many steps.
+    """
+    x, alpha_bar_prev = x0, 1.0
+    for step in tqdm(ddim_timesteps(diffusion, steps)[::-1], desc="DDIM inversion", disable=not progress):
+        t = torch.full((len(x),), step, dtype=torch.long, device=x.device)
+        eps = diffusion.split_prediction(denoise(x, t).float(), x, t)[1]
+        x0_hat = (x - math.sqrt(1 - alpha_bar_prev) * eps) / math.sqrt(alpha_bar_prev)
+        alpha_bar_prev = diffusion.alpha_bars[step].item()
+        x = math.sqrt(alpha_bar_prev) * x0_hat + math.sqrt(1 - alpha_bar_prev) * eps
+    return x
+
+
+def slerp(a: Tensor, b: Tensor, weight: float) -> Tensor:
+    """Spherical interpolation between two noise tensors of the same shape (Shoemake 1985).
+
+    Gaussian noise lives near a sphere of radius sqrt(numel); a straight line between two
+    draws cuts inside it (the midpoint has about 0.71 of the norm), which DDIM decodes as a
+    washed-out image. Following the great circle keeps the norm: used for DDIM interpolation.
+    """
+    cosine = (a.flatten() @ b.flatten() / (a.norm() * b.norm())).clamp(-1, 1)
+    angle = torch.arccos(cosine)
+    if angle.abs() < 1e-6:
+        return torch.lerp(a, b, weight)
+    return (torch.sin((1 - weight) * angle) * a + torch.sin(weight * angle) * b) / torch.sin(angle)
