@@ -71,8 +71,7 @@ def test_course_check_reports_every_exercise_of_the_student_copy_as_not_done(stu
                             env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("Exercise ")]
-    assert len(lines) == len(EXERCISES) and all(re.search(r" (not done|needs exercise [\d., ]+ first)$", line) for line in lines)
-    assert sum(line.endswith(" not done") for line in lines) >= len(EXERCISES) - 2
+    assert len(lines) == len(EXERCISES) and all(line.endswith(" not done") for line in lines)
     assert f"0 of {len(EXERCISES)} exercises pass" in result.stdout
 
 

@@ -93,10 +93,16 @@ def test_ex07_2_guidance_of_zero_is_the_unconditional_output():
     from minildm.ldm import LatentDiffusion
     from minildm.ldm_training import ldm_config
 
+    class TokenMean(torch.nn.Module):  # a stand-in UNet: the latent times the mean of the real tokens
+        def forward(self, z_t, t, tokens, mask):
+            mean = (tokens * mask[..., None]).sum(dim=(1, 2)) / (mask.sum(dim=1) * tokens.shape[-1])
+            return z_t * mean[:, None, None, None]
+
     autoencoder = build_autoencoder(AutoencoderConfig(base_channels=8, attention=False))
     conditioning = ConditioningConfig("attributes", channels=16, attribute_names=["A"])
     config = ldm_config(get_profile("tiny"), autoencoder, conditioning=conditioning)
     model = LatentDiffusion(replace(config, diffusion=DiffusionConfig(schedule="cosine")), autoencoder)
+    model.unet = TokenMean()
     z_t, t = torch.randn(1, 4, 8, 8), torch.tensor([500])
     with torch.no_grad():
         guided = model.denoiser(torch.tensor([[True]]), guidance=0.0)(z_t, t)
