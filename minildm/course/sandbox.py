@@ -6,8 +6,8 @@ no network, and an environment that names nothing of the grader's. How much more
 depends on the machine:
 
 - ``bubblewrap`` (Debian package ``bubblewrap``): the whole filesystem is mounted read-only
-  except the run's folder, ``/tmp`` is empty and private, and the network and process ids are
-  in namespaces of their own;
+  except the run's folder (which also holds its temporary files), and the network and process
+  ids are in namespaces of their own;
 - ``namespaces`` (``unshare`` from util-linux, where user namespaces are allowed): no
   network, but the filesystem is not protected beyond file permissions;
 - ``none``: limits only; :func:`isolation` says so in one warning line.
@@ -65,7 +65,9 @@ def isolation_warning() -> str | None:
 
 
 def _bubblewrap_prefix(folder: Path) -> list[str]:
-    return ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+    """Everything read-only (``/tmp`` too: the grader's Python may live there), the folder
+    writable; temporary files go to the folder (``TMPDIR``, set by :func:`run_isolated`)."""
+    return ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
             "--bind", str(folder), str(folder), "--unshare-net", "--unshare-pid", "--die-with-parent",
             "--chdir", str(folder)]
 
@@ -85,6 +87,8 @@ def run_isolated(command: list[str], folder: Path, limits: Limits, environment: 
     """Run ``command`` in ``folder`` under :func:`isolation` and ``limits``."""
     kind = isolation()
     prefix = {"bubblewrap": _bubblewrap_prefix(folder), "namespaces": _unshare_prefix(), "none": []}[kind]
+    (folder / "tmp").mkdir(exist_ok=True)
+    environment = {**environment, "TMPDIR": str(folder / "tmp")}
     process = subprocess.Popen([*prefix, *command], cwd=folder, env=environment, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, errors="replace",
                                preexec_fn=lambda: _set_limits(limits))
