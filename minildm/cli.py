@@ -23,6 +23,7 @@ from minildm.course.exercises import EXERCISES
 from minildm.course.grading import grade
 from minildm.course.sandbox import Limits
 from minildm.course.student import check_exercises, write_student_copy
+from minildm.data.faces import default_dataset
 from minildm.data.images import UNREADABLE_ERRORS, read_image
 from minildm.demo import run_demo
 from minildm.evaluation import bench, scores
@@ -95,7 +96,8 @@ def positive_integer(text: str) -> int:
 
 
 def _load(args: argparse.Namespace, profile: Profile) -> data.ImageDataset:
-    return data.load_images(args.dataset or profile.dataset, args.resolution or profile.resolution,
+    args.dataset = args.dataset or default_dataset(profile)
+    return data.load_images(args.dataset, args.resolution or profile.resolution,
                             args.n or profile.n_images, start=args.start, split=args.split, seed=args.seed,
                             attributes_file=args.attributes, refresh=args.refresh)
 
@@ -151,7 +153,7 @@ def run_train_ae(args: argparse.Namespace, profile: Profile) -> None:
                                     patch_size=args.patch_size)
     except ValueError as error:
         raise MinildmError(str(error)) from None
-    description = {"dataset": args.dataset or profile.dataset, "resolution": train.resolution,
+    description = {"dataset": args.dataset, "resolution": train.resolution,
                    "start": args.start, "n": len(train), "split": args.split, "seed": args.seed}
     started = time.perf_counter()
     autoencoder = train_autoencoder(args.out, train.pixels, config=config, profile=profile, steps=args.steps,

@@ -5,7 +5,7 @@ The same notebooks and commands run on three kinds of machine:
 - ``tiny``: continuous integration and ``pytest --nbval``; toy faces at 32 px, small
   models, a few steps, about a minute per notebook on 2 CPU cores.
 - ``cpu``: a laptop without a GPU; results a person would call good in minutes.
-- ``gpu``: one GPU; real faces or scenes at 64 to 256 px, the paper's recipes scaled down.
+- ``gpu``: one GPU; real faces (CelebA-HQ) at 64 px, the paper's recipes scaled down.
 - ``celebahq256`` and ``churches256``: one-GPU recipes for the paper's CelebA-HQ (LDM-4) and
   LSUN churches (LDM-8) models at 256 px; README's "Training on one GPU" gives the commands.
 
@@ -144,7 +144,9 @@ PROFILES: dict[str, Profile] = {
             prediction="v"),
         demo_autoencoder_steps=700),
     "gpu": Profile(
-        name="gpu", dataset="toyfaces", resolution=64, n_images=30_000, n_holdout=2_000, fid_images=2000,
+        # real faces (minildm.data.faces: MINILDM_CELEBA_DIR, else the hub, else toy faces);
+        # both real sources hold the held-out photos from 7,000 on
+        name="gpu", dataset="celeba-hq", resolution=64, n_images=7_000, n_holdout=1_000, fid_images=1000,
         device="cuda",
         autoencoder=AutoencoderPreset(  # 55 M parameters
             base_channels=128, res_blocks=2, attention=True, steps=50_000, batch_size=16, learning_rate=4.5e-5,
