@@ -1,6 +1,7 @@
 # Two commands for a fresh machine:
 #   make demo   create .venv, install minildm, run the end-to-end demo on toy faces
 #   make test   create .venv, install minildm, run the unit tests and every notebook (nbval)
+#   make lab    create .venv, install minildm, start JupyterLab on notebooks/
 # A plain PyPI torch wheel is a CUDA build on Linux (right for a GPU box); set TORCH to
 # pick another build, e.g. make test TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 PYTHON ?= python3
@@ -8,7 +9,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN = $(VENV)/bin
 
-.PHONY: demo test install clean
+.PHONY: demo test lab install clean
 
 demo: $(VENV)/.installed
 	$(BIN)/python -m minildm demo
@@ -16,12 +17,15 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	MINILDM_PROFILE=tiny $(BIN)/python -m pytest
 
+lab: $(VENV)/.installed
+	$(BIN)/python -m jupyterlab --ServerApp.root_dir=notebooks $(LAB_OPTIONS)
+
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install $(TORCH)
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m pip install -e ".[dev,lab]"
 	touch $@
 
 clean:

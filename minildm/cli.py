@@ -18,12 +18,8 @@ from minildm import checkpoint as ckpt
 from minildm import data, losses
 from minildm.autoencoder_training import autoencoder_config, load_autoencoder, train_autoencoder
 from minildm.conditioning import KINDS, TOKEN_KINDS, condition_tensor, conditioning_config, requested_condition
-from minildm.config import PROFILES, MinildmError, Profile, get_profile
-from minildm.course.exercises import EXERCISES
-from minildm.course.grading import grade
-from minildm.course.sandbox import Limits
-from minildm.course.student import check_exercises, write_student_copy
-from minildm.data.faces import default_dataset
+from minildm.config import MinildmError, Profile, get_profile
+from minildm.course.commands import add_course
 from minildm.data.images import UNREADABLE_ERRORS, read_image
 from minildm.demo import run_demo
 from minildm.evaluation import bench, scores
@@ -31,6 +27,7 @@ from minildm.evaluation.judge import ToyFaceFeatures, load_judge
 from minildm.image_conditions import mask_from_image
 from minildm.ldm import DEFAULT_GUIDANCE, SAMPLERS, LatentDiffusion
 from minildm.ldm_training import load_ldm, train_ldm
+from minildm.options import command, data_options, integer_list, load_data, positive_integer
 from minildm.unet import forward_flops, parameter_count
 from minildm.viz import save_grid
 
@@ -60,48 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _command(commands, name: str, help_text: str, run) -> argparse.ArgumentParser:
-    parser = commands.add_parser(name, help=help_text, description=help_text)
-    parser.add_argument("--profile", choices=list(PROFILES),
-                        help="sizes for this machine (default: MINILDM_PROFILE, else gpu if CUDA else cpu)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.set_defaults(run=run)
-    return parser
-
-
-def _data_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", help="toyfaces, celeba-hq, celeba, lsun-churches, lsun-bedrooms, "
-                        "hub:OWNER/NAME, or a local folder (default: the profile's)")
-    parser.add_argument("--resolution", type=int, help="image side in pixels (default: the profile's)")
-    parser.add_argument("--n", type=int, help="number of images (default: the profile's)")
-    parser.add_argument("--start", type=int, default=0, help="index of the first image (default 0)")
-    parser.add_argument("--split", default="train", help="split of a hub or datasets source")
-    parser.add_argument("--attributes", type=Path, help="CelebA-format attribute file for an image folder")
-    parser.add_argument("--refresh", action="store_true", help="prepare again, ignoring the cache")
-
-
-def integer_list(text: str) -> tuple[int, ...]:
-    """An argparse type: "32,64" -> (32, 64)."""
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def positive_integer(text: str) -> int:
-    """An argparse type: an integer of at least 1."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
-def _load(args: argparse.Namespace, profile: Profile) -> data.ImageDataset:
-    args.dataset = args.dataset or default_dataset(profile)
-    return data.load_images(args.dataset, args.resolution or profile.resolution,
-                            args.n or profile.n_images, start=args.start, split=args.split, seed=args.seed,
-                            attributes_file=args.attributes, refresh=args.refresh)
-
-
 def _load_seen(seen: dict, n: int, start: int) -> data.ImageDataset:
     """``n`` images from ``start`` of the source a run folder records (its ``data``)."""
     return data.load_images(seen["dataset"], seen["resolution"], n, start=start, split=seen["split"],
@@ -110,14 +65,14 @@ def _load_seen(seen: dict, n: int, start: int) -> data.ImageDataset:
 
 # data
 def add_data(commands) -> None:
-    parser = _command(commands, "data", "prepare and cache a data set, print a summary", run_data)
-    _data_options(parser)
+    parser = command(commands, "data", "prepare and cache a data set, print a summary", run_data)
+    data_options(parser)
     parser.add_argument("--grid", type=Path, help="also write a grid of the first 64 images to this PNG")
 
 
 def run_data(args: argparse.Namespace, profile: Profile) -> None:
     started = time.perf_counter()
-    prepared = _load(args, profile)
+    prepared = load_data(args, profile)
     seconds = time.perf_counter() - started
     print(data.describe(prepared))
     print(f"took {seconds:.2f} s ({len(prepared) / seconds:,.0f} images/s)")
@@ -127,8 +82,8 @@ def run_data(args: argparse.Namespace, profile: Profile) -> None:
 
 # train-ae
 def add_train_ae(commands) -> None:
-    parser = _command(commands, "train-ae", "train the autoencoder (stage 1)", run_train_ae)
-    _data_options(parser)
+    parser = command(commands, "train-ae", "train the autoencoder (stage 1)", run_train_ae)
+    data_options(parser)
     parser.add_argument("--factor", type=int, default=4, choices=[4, 8, 16], help="downsampling factor f")
     parser.add_argument("--reg", default="kl", choices=["kl", "vq"], help="latent regularisation")
     parser.add_argument("--steps", type=int, help="training steps (default: the profile's)")
@@ -146,7 +101,7 @@ def run_train_ae(args: argparse.Namespace, profile: Profile) -> None:
     if resolution % args.factor:
         raise MinildmError(f"resolution {resolution} is not a multiple of the factor {args.factor}: "
                            f"the autoencoder halves the image {args.factor.bit_length() - 1} times")
-    train = _load(args, profile)
+    train = load_data(args, profile)
     print(data.describe(train).splitlines()[0])
     try:
         config = autoencoder_config(profile, factor=args.factor, reg=args.reg, base_channels=args.base_channels,
@@ -166,7 +121,7 @@ def run_train_ae(args: argparse.Namespace, profile: Profile) -> None:
 
 # train-ldm
 def add_train_ldm(commands) -> None:
-    parser = _command(commands, "train-ldm", "train the latent diffusion model (stage 2)", run_train_ldm)
+    parser = command(commands, "train-ldm", "train the latent diffusion model (stage 2)", run_train_ldm)
     parser.add_argument("--ae", type=Path, required=True, help="the autoencoder run folder (stage 1)")
     parser.add_argument("--cond", default="none", choices=list(KINDS),
                         help="conditioning: none (unconditional), class, attributes, text (cross-attention), "
@@ -204,7 +159,7 @@ def run_train_ldm(args: argparse.Namespace, profile: Profile) -> None:
 
 # sample
 def add_sample(commands) -> None:
-    parser = _command(commands, "sample", "draw images from a trained model into a PNG grid", run_sample)
+    parser = command(commands, "sample", "draw images from a trained model into a PNG grid", run_sample)
     parser.add_argument("--ldm", type=Path, required=True, help="a latent diffusion run folder")
     parser.add_argument("--n", type=int, default=64, help="number of images (default 64)")
     parser.add_argument("--sampler", default="ddim", choices=list(SAMPLERS), help="default ddim")
@@ -292,7 +247,7 @@ def _read_image(path: Path | None, option: str, resolution: int) -> torch.Tensor
 
 # evaluate
 def add_evaluate(commands) -> None:
-    parser = _command(commands, "evaluate", "print one JSON object of metrics on held-out images", run_evaluate)
+    parser = command(commands, "evaluate", "print one JSON object of metrics on held-out images", run_evaluate)
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--ae", type=Path, help="an autoencoder run folder")
     target.add_argument("--ldm", type=Path, help="a latent diffusion run folder")
@@ -321,7 +276,7 @@ def run_evaluate(args: argparse.Namespace, profile: Profile) -> None:
 
 # bench
 def add_bench(commands) -> None:
-    parser = _command(commands, "bench", "training and sampling speed and memory: pixel DM vs LDM-4/8", run_bench)
+    parser = command(commands, "bench", "training and sampling speed and memory: pixel DM vs LDM-4/8", run_bench)
     parser.add_argument("--resolutions", type=integer_list, default=(32, 64, 128, 256),
                         help="image sides in pixels, comma-separated (default 32,64,128,256)")
     parser.add_argument("--factors", type=integer_list, default=(1, 4, 8),
@@ -353,44 +308,6 @@ def run_bench(args: argparse.Namespace, profile: Profile) -> None:
 
 # demo
 def add_demo(commands) -> None:
-    parser = _command(commands, "demo", "the embedded default end to end (toy faces)",
+    parser = command(commands, "demo", "the embedded default end to end (toy faces)",
                       lambda args, profile: run_demo(args.out, profile, args.seed))
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the results")
-
-
-# course
-def add_course(commands) -> None:
-    course = commands.add_parser("course", help="the course kit: student copy, checks, grading",
-                                 description="the course kit: student copy, checks, grading")
-    actions = course.add_subparsers(dest="action", required=True, metavar="ACTION")
-    student = _command(actions, "student", "write the student copy of this checkout into a new folder", run_student)
-    student.add_argument("out", type=Path, help="the new folder")
-    _command(actions, "check", "run the public checks: which exercises are done", run_check)
-    grade = _command(actions, "grade", "grade a folder of submissions (student copies or zips of them)", run_grade)
-    grade.add_argument("submissions", type=Path, help="folder with one folder or .zip per student")
-    grade.add_argument("--out", type=Path, required=True, help="folder for grades.csv and results/")
-    grade.add_argument("--jobs", type=positive_integer, default=1, help="submissions graded at once (default 1)")
-    grade.add_argument("--time-limit", type=positive_integer, default=120,
-                       help="seconds of wall-clock time per exercise run (default 120)")
-
-
-def run_student(args: argparse.Namespace, profile: Profile) -> None:
-    count = write_student_copy(args.out)
-    print(f"student copy: {count} files in {args.out} ({len(EXERCISES)} exercises stubbed, outputs cleared, "
-          f"grading tests left out)")
-
-
-def run_check(args: argparse.Namespace, profile: Profile) -> None:
-    status = check_exercises()
-    for exercise in EXERCISES:
-        print(f"Exercise {exercise.id} {exercise.name:<28} {status[exercise.id]}")
-    done = sum(value == "done" for value in status.values())
-    print(f"{done} of {len(EXERCISES)} exercises pass their public checks")
-
-
-def run_grade(args: argparse.Namespace, profile: Profile) -> None:
-    started = time.perf_counter()
-    limits = Limits(wall_seconds=args.time_limit, cpu_seconds=2 * args.time_limit)
-    grades = grade(args.submissions, args.out, jobs=args.jobs, limits=limits)
-    print(f"graded {len(grades)} submissions in {time.perf_counter() - started:.0f} s: {args.out / 'grades.csv'}, "
-          f"{args.out / 'results'}")

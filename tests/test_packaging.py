@@ -30,7 +30,7 @@ def requirement(text: str) -> tuple[str, str]:
 
 def test_environment_yml_declares_the_same_dependencies_as_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pip_side = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    pip_side = [*project["dependencies"], *project["optional-dependencies"]["dev"], *project["optional-dependencies"]["lab"]]
     environment = yaml.safe_load((ROOT / "environment.yml").read_text())
     conda_side = [d for d in environment["dependencies"] if isinstance(d, str)]
     conda_side = [d for d in conda_side if not d.startswith(("python=", "pip"))]
@@ -82,7 +82,8 @@ def test_gpu_recipes_fit_their_latents_and_the_sizes_the_readme_quotes(name, fac
 
 def test_tiny_profile_is_smallest():
     tiny, cpu, gpu = (config.PROFILES[name] for name in ("tiny", "cpu", "gpu"))
-    assert tiny.n_images < cpu.n_images <= gpu.n_images
+    # gpu trains on real faces, which stop at the held-out part (7,000); toy faces never run out
+    assert tiny.n_images < min(cpu.n_images, gpu.n_images)
     assert tiny.resolution <= cpu.resolution <= gpu.resolution
 
 

@@ -1,0 +1,63 @@
+"""The course kit's commands: ``python -m minildm course student | check | grade | setup-cells``
+(docs/teaching.md)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from minildm.config import MinildmError, Profile, checkout_root
+from minildm.course.exercises import EXERCISES
+from minildm.course.grading import grade
+from minildm.course.sandbox import Limits
+from minildm.course.student import check_exercises, write_student_copy
+from minildm.notebook_setup import repository_url, write_setup_cells
+from minildm.options import command, positive_integer
+
+
+def add_course(commands) -> None:
+    course = commands.add_parser("course", help="the course kit: student copy, checks, grading",
+                                 description="the course kit: student copy, checks, grading")
+    actions = course.add_subparsers(dest="action", required=True, metavar="ACTION")
+    student = command(actions, "student", "write the student copy of this checkout into a new folder", run_student)
+    student.add_argument("out", type=Path, help="the new folder")
+    command(actions, "check", "run the public checks: which exercises are done", run_check)
+    grade = command(actions, "grade", "grade a folder of submissions (student copies or zips of them)", run_grade)
+    command(actions, "setup-cells", "write the first cell of every notebook, with the repository named in "
+            "pyproject.toml", run_setup_cells)
+    grade.add_argument("submissions", type=Path, help="folder with one folder or .zip per student")
+    grade.add_argument("--out", type=Path, required=True, help="folder for grades.csv and results/")
+    grade.add_argument("--jobs", type=positive_integer, default=1, help="submissions graded at once (default 1)")
+    grade.add_argument("--time-limit", type=positive_integer, default=120,
+                       help="seconds of wall-clock time per exercise run (default 120)")
+
+
+def run_setup_cells(args: argparse.Namespace, profile: Profile) -> None:
+    root = checkout_root()
+    if root is None:
+        raise MinildmError("setup-cells rewrites the notebooks of a checkout: run it in one (pip install -e .)")
+    changed = write_setup_cells(root)
+    print(f"setup cell for {repository_url(root)} written into {len(changed)} notebooks")
+
+
+def run_student(args: argparse.Namespace, profile: Profile) -> None:
+    count = write_student_copy(args.out)
+    print(f"student copy: {count} files in {args.out} ({len(EXERCISES)} exercises stubbed, outputs cleared, "
+          f"grading tests left out)")
+
+
+def run_check(args: argparse.Namespace, profile: Profile) -> None:
+    status = check_exercises()
+    for exercise in EXERCISES:
+        print(f"Exercise {exercise.id} {exercise.name:<28} {status[exercise.id]}")
+    done = sum(value == "done" for value in status.values())
+    print(f"{done} of {len(EXERCISES)} exercises pass their public checks")
+
+
+def run_grade(args: argparse.Namespace, profile: Profile) -> None:
+    started = time.perf_counter()
+    limits = Limits(wall_seconds=args.time_limit, cpu_seconds=2 * args.time_limit)
+    grades = grade(args.submissions, args.out, jobs=args.jobs, limits=limits)
+    print(f"graded {len(grades)} submissions in {time.perf_counter() - started:.0f} s: {args.out / 'grades.csv'}, "
+          f"{args.out / 'results'}")
