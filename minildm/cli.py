@@ -21,13 +21,14 @@ from minildm.conditioning import KINDS, TOKEN_KINDS, condition_tensor, condition
 from minildm.config import MinildmError, Profile, get_profile
 from minildm.course.commands import add_course
 from minildm.data.images import UNREADABLE_ERRORS, read_image
+from minildm.data.sources import DataError
 from minildm.demo import run_demo
 from minildm.evaluation import bench, scores
 from minildm.evaluation.judge import ToyFaceFeatures, load_judge
 from minildm.image_conditions import mask_from_image
 from minildm.ldm import DEFAULT_GUIDANCE, SAMPLERS, LatentDiffusion
 from minildm.ldm_training import load_ldm, train_ldm
-from minildm.options import command, data_options, integer_list, load_data, positive_integer
+from minildm.options import command, data_options, integer_list, load_data, load_training_data, positive_integer
 from minildm.unet import forward_flops, parameter_count
 from minildm.viz import save_grid
 
@@ -101,7 +102,7 @@ def run_train_ae(args: argparse.Namespace, profile: Profile) -> None:
     if resolution % args.factor:
         raise MinildmError(f"resolution {resolution} is not a multiple of the factor {args.factor}: "
                            f"the autoencoder halves the image {args.factor.bit_length() - 1} times")
-    train = load_data(args, profile)
+    train = load_training_data(args, profile)
     print(data.describe(train).splitlines()[0])
     try:
         config = autoencoder_config(profile, factor=args.factor, reg=args.reg, base_channels=args.base_channels,
@@ -259,8 +260,12 @@ def run_evaluate(args: argparse.Namespace, profile: Profile) -> None:
     run_dir = args.ae or args.ldm
     model = load_autoencoder(run_dir, profile.device) if args.ae else load_ldm(run_dir, profile.device)
     seen = ckpt.read_training_data(run_dir)  # loading first: a wrong folder gets the model's own message
-    held_out = _load_seen(seen, args.n or (profile.n_holdout if args.ae else profile.fid_images),
-                          seen["start"] + seen["n"])
+    try:
+        held_out = _load_seen(seen, args.n or (profile.n_holdout if args.ae else profile.fid_images),
+                              seen["start"] + seen["n"])
+    except DataError:
+        raise MinildmError(f"no held-out images in {seen['dataset']} after the {seen['n']} that {run_dir} "
+                           "trained on: train on fewer with --n") from None
     toy_faces = seen["dataset"] == "toyfaces"
     if args.ae:
         results = scores.evaluate_autoencoder(model, held_out.pixels)

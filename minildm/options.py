@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from minildm import data
-from minildm.config import PROFILES, Profile
+from minildm.config import PROFILES, MinildmError, Profile
 from minildm.data.faces import default_dataset
 
 
@@ -55,3 +55,21 @@ def positive_integer(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return int(text)
+
+
+def load_training_data(args: argparse.Namespace, profile: Profile) -> data.ImageDataset:
+    """:func:`load_data` for training. A local folder with fewer usable images than the profile
+    asks for (and no ``--n``) keeps its last tenth out of training, so that ``evaluate`` finds
+    held-out images after the training part."""
+    train = load_data(args, profile)
+    ran_out = args.n is None and len(train) < profile.n_images and Path(args.dataset).expanduser().is_dir()
+    if not ran_out:
+        return train
+    if len(train) < 2:
+        raise MinildmError(f"{args.dataset} has 1 usable image: training needs at least 2, one of them held out "
+                           "for evaluate")
+    held_out = max(1, len(train) // 10)
+    args.n = len(train) - held_out
+    print(f"{args.dataset} has {len(train)} usable images, fewer than the profile's {profile.n_images}: "
+          f"training on the first {args.n}, holding out the last {held_out} for evaluate (--n sets the split)")
+    return load_data(args, profile)

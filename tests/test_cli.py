@@ -120,6 +120,37 @@ def test_train_ldm_sample_and_evaluate_from_the_command_line(tmp_path, capsys):
         assert stderr.startswith("minildm: error: ") and stderr.count("\n") == 1 and message in stderr, stderr
 
 
+def test_a_folder_smaller_than_the_profile_keeps_a_held_out_tenth_for_evaluate(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(20):  # the tiny profile asks for 512
+        Image.new("RGB", (40, 40), (12 * i, 100, 255 - 12 * i)).save(folder / f"{i:02d}.png")
+    ae = tmp_path / "ae"
+    common = ("--profile", "tiny", "--seed", "0")
+    assert main(["train-ae", "--dataset", str(folder), "--steps", "2", "--out", str(ae), *common]) == 0
+    assert "has 20 usable images, fewer than the profile's 512: training on the first 18, holding out the last 2" \
+        in capsys.readouterr().out
+    assert json.loads((ae / "config.json").read_text())["data"]["n"] == 18
+    assert main(["evaluate", "--ae", str(ae), *common]) == 0
+    assert "2 held-out images of " in json.loads(capsys.readouterr().out)["data"]
+
+    everything = tmp_path / "ae-all"  # --n takes every image: nothing is left, and the error says so
+    assert main(["train-ae", "--dataset", str(folder), "--n", "20", "--steps", "2", "--out", str(everything),
+                 *common]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--ae", str(everything), *common]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar of the search
+    assert error.startswith("minildm: error: no held-out images in ") and "after the 20 that" in error
+    assert error.endswith("train on fewer with --n")
+
+    lonely = tmp_path / "one"
+    lonely.mkdir()
+    Image.new("RGB", (40, 40)).save(lonely / "only.png")
+    assert main(["train-ae", "--dataset", str(lonely), "--out", str(tmp_path / "x"), *common]) == 1
+    assert "has 1 usable image: training needs at least 2" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_conditional_models_from_the_command_line(tmp_path, capsys):
     """Attribute, text, inpainting and super-resolution models: train, sample, evaluate, and
     the one-line errors of their options (in-process, for speed)."""

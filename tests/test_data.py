@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from minildm import checkpoint, data
-from minildm.data import sources, toyfaces
+from minildm.data import images, sources, toyfaces
 from minildm.config import celeba_dir
 from minildm.data import load_images
 from minildm.data.sources import DataError
@@ -302,3 +302,32 @@ def test_real_celeba_folder_with_its_attributes(cache):
     assert held_out.attributes[49].tolist() == list(table["007050.jpg"].values())
     first = Image.open(celeba_dir() / "images" / "007001.jpg")
     assert held_out.pixels[0].float().std() > 20 and first.size == (89, 109)
+
+
+def test_an_image_whose_header_claims_a_huge_size_is_skipped_and_counted(tmp_path, cache):
+    folder = write_folder(tmp_path / "bomb", {f"{i}.png": solid((30 * i, 0, 0)) for i in range(3)})
+    Image.new("1", (20_000, 20_000)).save(folder / "huge.png")  # 400 M pixels, a 50 kB file
+    Image.new("1", (10_000, 10_000)).save(folder / "big.png")  # 100 M: past MAX_PIXELS, short of PIL's error
+    started = time.perf_counter()
+    loaded = load_images(str(folder), 16, cache_dir=cache, progress=False)
+    assert len(loaded) == 3 and loaded.info["skipped"] == {"larger than 89 megapixels": 2}
+    assert time.perf_counter() - started < 5  # skipped from the header, never decoded
+    with pytest.raises(images.ImageTooLarge, match="20000 x 20000|400000000 pixels"):
+        images.open_image(folder / "huge.png")
+
+
+def test_phone_photos_are_turned_upright_by_their_exif_orientation(tmp_path, cache):
+    upright = Image.new("RGB", (40, 60), (0, 0, 255))
+    upright.paste((255, 0, 0), (0, 0, 40, 20))  # red on top
+    # a camera stores the pixels as the sensor saw them (turned 90 degrees) and the turn in EXIF
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: the viewer must rotate 90 degrees clockwise
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    stored.save(folder / "photo.jpg", exif=exif, quality=95)
+    opened = images.open_image(folder / "photo.jpg")
+    assert opened.size == (40, 60)
+    assert opened.getpixel((20, 5))[0] > 200 and opened.getpixel((20, 50))[2] > 200  # red on top again
+    loaded = load_images(str(folder), 40, cache_dir=cache, progress=False)
+    assert loaded.pixels[0, 0, 2, 20] > 200 and loaded.pixels[0, 2, 37, 20] > 200

@@ -39,7 +39,7 @@ from minildm.data.sources import HUB_DATASETS, OFFLINE_HINT, DataError, read_cel
 __all__ = ["HUB_DATASETS", "DataError", "ImageDataset", "describe", "load_images", "random_flip",
            "read_celeba_attributes"]
 
-CACHE_VERSION = 2  # part of every cache file name; raised when the prepared data changes (2: toy-face labels)
+CACHE_VERSION = 3  # part of every cache file name; raised when the prepared data changes (3: EXIF orientation)
 
 
 @dataclass
@@ -206,6 +206,9 @@ def _collect(records: Iterable[sources.Record], resolution: int, n: int | None, 
     for record in records:
         try:
             image = record.load()
+        except imgs.ImageTooLarge:
+            skipped[f"larger than {imgs.MAX_PIXELS / 1e6:.0f} megapixels"] += 1
+            continue
         except imgs.UNREADABLE_ERRORS:
             skipped["unreadable"] += 1
             continue

@@ -9,22 +9,42 @@ of the course only ever sees tensors of shape (3, R, R).
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-UNREADABLE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
+MAX_PIXELS = 89_478_485  # PIL's own limit (Image.MAX_IMAGE_PIXELS): a 9,459 x 9,459 image, 268 MB decoded
+
+
+class ImageTooLarge(ValueError):
+    """An image whose header claims more than :data:`MAX_PIXELS` pixels (a decompression bomb,
+    or a scan far too big for the course); it is skipped before it is decoded."""
+
+
+UNREADABLE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def open_image(source: str | Path | bytes) -> Image.Image:
-    """Open and fully decode an image from a path or bytes (raises on corrupt files)."""
+    """Open and fully decode an image from a path or bytes, turned upright by its EXIF
+    orientation tag (phone photos). Raises on corrupt files, and :class:`ImageTooLarge` on
+    an image whose header claims more than :data:`MAX_PIXELS` pixels, before decoding it."""
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
-    with Image.open(stream) as image:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below, with our message
+        try:
+            image = Image.open(stream)
+        except Image.DecompressionBombError as error:
+            raise ImageTooLarge(str(error)) from None
+    with image:
+        width, height = image.size
+        if width * height > MAX_PIXELS:
+            raise ImageTooLarge(f"{width} x {height} pixels is more than {MAX_PIXELS:,}")
         image.load()
-        return image.copy()
+        return ImageOps.exif_transpose(image)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
