@@ -4,7 +4,8 @@ Both networks are the ADM-style UNet (Dhariwal & Nichol 2021): a sinusoidal time
 and an MLP, ResBlocks that scale and shift their features by it, self-attention at chosen
 levels, a middle block (ResBlock, attention, ResBlock) and an up path with concatenated skip
 connections. :func:`build_diffusers_unet` configures ``UNet2DModel`` level by level from a
-:class:`minildm.unet.UNetConfig`: the layers match one for one (tests/test_compare_unet.py
+:class:`minildm.unet.UNetConfig` (:func:`minildm.interop.diffusers_unet.diffusers_unet_config`,
+which ``minildm export`` uses too): the layers match one for one (tests/test_compare_unet.py
 copies diffusers' weights into minildm's UNet and gets the same outputs), so the parameter
 counts and FLOPs are equal. What still differs is how the layers run:
 
@@ -13,10 +14,9 @@ counts and FLOPs are equal. What still differs is how the layers run:
   diffusers applies three Linear layers to (B, HW, C) tokens and reaches the fused kernel;
 - initialisation: minildm starts the last conv of each ResBlock, the attention output and the
   output layer at zero; diffusers keeps PyTorch's default (no effect on speed);
-- GroupNorm: minildm takes gcd(32, channels) groups per layer, diffusers one count for all;
-  they agree when the base channels are a multiple of 32;
-- minildm narrows attention heads below ``head_channels`` where a level has fewer channels;
-  diffusers cannot, so such configurations are refused.
+- minildm takes gcd(32, channels) GroupNorm groups per layer and narrows attention heads
+  below ``head_channels`` where a level has fewer channels; diffusers takes one group count
+  for all layers and cannot narrow heads, so configurations where these matter are refused.
 
 One training step is: forward on random latents and random integer time steps in
 [0, 1000), MSE to a random noise target, backward, AdamW step. After ``--warmup`` untimed
@@ -35,7 +35,6 @@ f = 4 latents (32 px images -> 4 x 8 x 8) at its training batch size::
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 
 import diffusers
@@ -45,9 +44,9 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from minildm.evaluation.bench import elapsed_seconds
-from minildm.cli import integer_list
+from minildm.options import integer_list
 from minildm.config import PROFILES
-from minildm.nn import MAX_GROUPS
+from minildm.interop.diffusers_unet import diffusers_unet_config
 from minildm.unet import UNet, UNetConfig, parameter_count
 
 CPU_PROFILE = PROFILES["cpu"]
@@ -66,41 +65,9 @@ class DiffusersUNet(nn.Module):
         return self.model(x, t, return_dict=False)[0]
 
 
-def diffusers_config(config: UNetConfig) -> dict:
-    """``UNet2DModel`` keyword arguments for the same network as ``UNet(config)``."""
-    levels = range(len(config.channel_mult))
-    attention = [level in config.attention_levels for level in levels]
-    groups = math.gcd(MAX_GROUPS, config.base_channels)
-    return dict(
-        in_channels=config.in_channels,
-        out_channels=config.out_channels,
-        block_out_channels=tuple(config.base_channels * mult for mult in config.channel_mult),
-        layers_per_block=config.res_blocks,  # diffusers also puts one more in each up block
-        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention),
-        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention)),
-        mid_block_type="UNetMidBlock2D",  # ResBlock, attention, ResBlock
-        add_attention=True,
-        attention_head_dim=config.head_channels,
-        resnet_time_scale_shift="scale_shift",  # ADM's FiLM: norm(h) * (1 + scale) + shift
-        norm_num_groups=groups,
-        attn_norm_num_groups=groups,  # else the mid attention has no GroupNorm with scale_shift
-        norm_eps=1e-6,
-        time_embedding_type="positional",
-        flip_sin_to_cos=True,  # [cos, sin] like minildm.unet.timestep_embedding
-        freq_shift=0,
-        downsample_type="conv",
-        upsample_type="conv",
-        dropout=config.dropout,
-    )
-
-
 def build_diffusers_unet(config: UNetConfig) -> DiffusersUNet:
-    if config.context_channels is not None:
-        raise ValueError("only the unconditional UNet has a UNet2DModel counterpart")
-    attended = [*config.attention_levels, len(config.channel_mult) - 1]  # the middle block attends too
-    if any(config.base_channels * config.channel_mult[level] < config.head_channels for level in attended):
-        raise ValueError("minildm shrinks attention heads below head_channels; UNet2DModel cannot")
-    return DiffusersUNet(diffusers.UNet2DModel(**diffusers_config(config)))
+    """``UNet2DModel`` set up layer for layer as ``UNet(config)`` (:mod:`minildm.interop.diffusers_unet`)."""
+    return DiffusersUNet(diffusers.UNet2DModel(**diffusers_unet_config(config)))
 
 
 def attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
@@ -160,7 +127,7 @@ def markdown_table(parameters: dict[str, int], flops: dict[str, int], medians: d
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    preset = CPU_PROFILE.diffusion
+    preset = CPU_PROFILE.ldm
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--channels", type=int, default=preset.base_channels, help="base channels")

@@ -31,7 +31,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from minildm.config import SavedConfig
-from minildm.nn import Downsample, ResBlock, SelfAttention2d, Upsample, normalization
+from minildm.nn import DOWNSAMPLE_PADDINGS, Downsample, ResBlock, SelfAttention2d, Upsample, normalization
 from minildm.regularizers import DiagonalGaussian, VectorQuantizer
 
 # Channel multiplier per resolution level; one downsampling between consecutive levels.
@@ -60,6 +60,9 @@ class AutoencoderConfig(SavedConfig):
             (space-to-depth, (3, H, W) -> (3p^2, H/p, W/p)) and the decoder unfolds at the end;
             p counts towards ``factor``. p = 2 halves the side of every convolution's input:
             f = 8 at 64 px then trains about three times faster (docs/measurements.md).
+        downsample_padding: where the encoder's stride-2 convolutions pad
+            (:class:`minildm.nn.Downsample`): ``"symmetric"`` (every side, minildm's own) or
+            ``"right_bottom"`` (the CompVis / diffusers autoencoders', for imported weights).
     """
 
     reg: str = "kl"
@@ -74,8 +77,20 @@ class AutoencoderConfig(SavedConfig):
     revive_after: int = 50
     image_channels: int = 3
     patch_size: int = 1
+    downsample_padding: str = "symmetric"
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str | None = None) -> AutoencoderConfig:
+        """:meth:`SavedConfig.from_dict`; a ``config.json`` written before ``downsample_padding``
+        existed lacks it, and its encoder padded every side: ``"symmetric"``."""
+        if isinstance(values, dict) and "downsample_padding" not in values:
+            values = {**values, "downsample_padding": "symmetric"}
+        return super().from_dict(values, where)
 
     def __post_init__(self) -> None:
+        if self.downsample_padding not in DOWNSAMPLE_PADDINGS:
+            raise ValueError(f"unknown downsample padding {self.downsample_padding!r}: choose "
+                             f"{' or '.join(map(repr, DOWNSAMPLE_PADDINGS))}")
         if self.reg == PIXEL_SPACE:
             if self.factor != 1 or self.latent_channels != self.image_channels:
                 raise ValueError("pixel space (reg 'none') has factor 1 and the image's channels")
@@ -115,7 +130,7 @@ class Encoder(nn.Module):
                 layers.append(ResBlock(channels, width))
                 channels = width
             if level < len(widths) - 1:
-                layers.append(Downsample(channels))
+                layers.append(Downsample(channels, config.downsample_padding))
         self.down = nn.Sequential(*layers)
         self.mid = middle_block(channels, config.attention)
         self.norm_out = normalization(channels)

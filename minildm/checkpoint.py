@@ -27,15 +27,39 @@ def save_atomic(tensors: dict[str, torch.Tensor], path: str | Path, metadata: di
     """Write tensors (and JSON-able metadata) to ``path`` via a temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     text_metadata = {key: json.dumps(value) for key, value in (metadata or {}).items()}
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(temporary),
                   metadata=text_metadata)
+        with open(temporary, "rb+") as written:
+            os.fsync(written.fileno())  # on disk before the rename, so a power cut cannot leave half
         os.replace(temporary, path)
+    except OSError as error:  # a full disk, a folder that became read-only: the old file stays whole
+        raise CheckpointError(f"cannot write {path}: {error.strerror or error}") from None
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete half-written temporaries of ``path`` left by processes that were killed
+    (``kill -9``, the OOM killer): their process id is no longer running."""
+    for temporary in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = temporary.name.removeprefix(f".{path.name}.").removesuffix(".tmp")
+        if pid.isdigit() and not _running(int(pid)):
+            temporary.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:

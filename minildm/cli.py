@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from minildm import checkpoint as ckpt
 from minildm import data, losses
@@ -26,9 +27,12 @@ from minildm.demo import run_demo
 from minildm.evaluation import bench, scores
 from minildm.evaluation.judge import ToyFaceFeatures, load_judge
 from minildm.image_conditions import mask_from_image
+from minildm.interop.commands import add_export, add_import_ae
 from minildm.ldm import DEFAULT_GUIDANCE, SAMPLERS, LatentDiffusion
 from minildm.ldm_training import load_ldm, train_ldm
-from minildm.options import command, data_options, integer_list, load_data, load_training_data, positive_integer
+from minildm.options import (Parser, command, data_options, guidance_scale, integer_list, load_data,
+                             load_training_data, non_negative_integer, output_folder, png_file,
+                             positive_integer, unit_interval)
 from minildm.unet import forward_flops, parameter_count
 from minildm.viz import save_grid
 
@@ -43,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     except MinildmError as error:
         print(f"minildm: error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # a folder that cannot be written, a full disk, ...
+        print(f"minildm: error: {error.strerror or error}" + (f": {error.filename}" if error.filename else ""),
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("minildm: interrupted", file=sys.stderr)
         return 130
@@ -50,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minildm", description=__doc__.splitlines()[0])
+    parser = Parser(prog="minildm", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_command in (add_data, add_train_ae, add_train_ldm, add_sample, add_evaluate, add_bench, add_demo,
-                        add_course):
+                        add_course, add_export, add_import_ae):
         add_command(commands)
     return parser
 
@@ -68,7 +76,7 @@ def _load_seen(seen: dict, n: int, start: int) -> data.ImageDataset:
 def add_data(commands) -> None:
     parser = command(commands, "data", "prepare and cache a data set, print a summary", run_data)
     data_options(parser)
-    parser.add_argument("--grid", type=Path, help="also write a grid of the first 64 images to this PNG")
+    parser.add_argument("--grid", type=png_file, help="also write a grid of the first 64 images to this PNG")
 
 
 def run_data(args: argparse.Namespace, profile: Profile) -> None:
@@ -87,14 +95,14 @@ def add_train_ae(commands) -> None:
     data_options(parser)
     parser.add_argument("--factor", type=int, default=4, choices=[4, 8, 16], help="downsampling factor f")
     parser.add_argument("--reg", default="kl", choices=["kl", "vq"], help="latent regularisation")
-    parser.add_argument("--steps", type=int, help="training steps (default: the profile's)")
+    parser.add_argument("--steps", type=positive_integer, help="training steps (default: the profile's)")
     parser.add_argument("--base-channels", type=positive_integer,
                         help="channels at full resolution (default: the profile's); fewer make a higher "
                              "resolution affordable")
     parser.add_argument("--patch-size", type=int, default=1, choices=[1, 2, 4],
                         help="fold p x p pixel patches into channels before the first convolution "
                              "(default 1: none); 2 trains f = 8 at 64 px about three times faster")
-    parser.add_argument("--out", type=Path, required=True, help="run folder (resumed if it exists)")
+    parser.add_argument("--out", type=output_folder, required=True, help="run folder (resumed if it exists)")
 
 
 def run_train_ae(args: argparse.Namespace, profile: Profile) -> None:
@@ -129,9 +137,9 @@ def add_train_ldm(commands) -> None:
                         "inpaint or superres (concatenated input)")
     parser.add_argument("--attributes", help="with --cond attributes: comma-separated names to condition on "
                         "(default: all of the data set's)")
-    parser.add_argument("--n", type=int, help="training images (default: those the autoencoder saw)")
-    parser.add_argument("--steps", type=int, help="training steps (default: the profile's)")
-    parser.add_argument("--out", type=Path, required=True, help="run folder (resumed if it exists)")
+    parser.add_argument("--n", type=positive_integer, help="training images (default: those the autoencoder saw)")
+    parser.add_argument("--steps", type=positive_integer, help="training steps (default: the profile's)")
+    parser.add_argument("--out", type=output_folder, required=True, help="run folder (resumed if it exists)")
 
 
 def run_train_ldm(args: argparse.Namespace, profile: Profile) -> None:
@@ -160,29 +168,30 @@ def run_train_ldm(args: argparse.Namespace, profile: Profile) -> None:
 
 # sample
 def add_sample(commands) -> None:
+    from minildm.sampling import SPACINGS  # here: only this command's options use it
+
     parser = command(commands, "sample", "draw images from a trained model into a PNG grid", run_sample)
     parser.add_argument("--ldm", type=Path, required=True, help="a latent diffusion run folder")
-    parser.add_argument("--n", type=int, default=64, help="number of images (default 64)")
+    parser.add_argument("--n", type=positive_integer, default=64, help="number of images (default 64)")
     parser.add_argument("--sampler", default="ddim", choices=list(SAMPLERS), help="default ddim")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50; DDPM uses all)")
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise: 0 deterministic, 1 like DDPM")
+    parser.add_argument("--steps", type=positive_integer, default=50, help="DDIM steps (default 50; DDPM uses all)")
+    parser.add_argument("--eta", type=unit_interval, default=0.0, help="DDIM noise: 0 deterministic, 1 like DDPM")
+    parser.add_argument("--spacing", default="linspace", choices=list(SPACINGS),
+                        help="DDIM time steps: linspace from T-1 to 0 (default), or leading, multiples of T // steps "
+                        "as an exported diffusers pipeline takes")
     parser.add_argument("--prompt", help="text model: the caption to draw")
     parser.add_argument("--attributes", help="attribute model: comma-separated attributes to draw, e.g. "
                         "Smiling,Eyeglasses (the others absent)")
     parser.add_argument("--label", help="class model: the name of the class to draw")
-    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
+    parser.add_argument("--guidance", type=guidance_scale, default=DEFAULT_GUIDANCE,
                         help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE}; 1 = none)")
     parser.add_argument("--inpaint", type=Path, help="inpainting model: the image to complete")
     parser.add_argument("--mask", type=Path, help="with --inpaint: an image, white where to generate")
     parser.add_argument("--upscale", type=Path, help="super-resolution model: the image to enlarge")
-    parser.add_argument("--out", type=Path, required=True, help="PNG file for the grid")
+    parser.add_argument("--out", type=png_file, required=True, help="PNG file for the grid")
 
 
 def run_sample(args: argparse.Namespace, profile: Profile) -> None:
-    if args.n < 1:
-        raise MinildmError(f"--n must be at least 1, got {args.n}")
-    if args.out.suffix.lower() != ".png":
-        raise MinildmError(f"--out must name a .png file, got {args.out}")
     model = load_ldm(args.ldm, profile.device)
     resolution = ckpt.read_training_data(args.ldm)["resolution"]
     started = time.perf_counter()
@@ -203,21 +212,23 @@ def _draw(args: argparse.Namespace, model: LatentDiffusion, resolution: int) -> 
     if model.kind == "inpaint":
         image = _read_image(args.inpaint, "--inpaint", resolution)
         mask = mask_from_image(_read_image(args.mask, "--mask", resolution))
+        _check_same_size(args.inpaint, args.mask)
         if mask.sum() == 0:
             raise MinildmError(f"the mask {args.mask} is black everywhere: paint white where to generate")
         filled = model.inpaint(image.expand(n, -1, -1, -1), mask.expand(n, -1, -1, -1), steps=args.steps,
-                               generator=generator)
+                               generator=generator, spacing=args.spacing)
         return image * (1 - mask), filled  # first: what the model sees
     if model.kind == "superres":
         factor = model.config.conditioning.superres_factor
         low = _read_image(args.upscale, "--upscale", resolution // factor)
         shown = torch.nn.functional.interpolate(low, scale_factor=factor, mode="nearest")
-        return shown, model.upscale(low.expand(n, -1, -1, -1), steps=args.steps, generator=generator)
+        return shown, model.upscale(low.expand(n, -1, -1, -1), steps=args.steps, generator=generator,
+                                    spacing=args.spacing)
     condition = _token_condition(args, model)
     if condition is not None:
         condition = condition.expand(n, *condition.shape[1:])  # the same for every sample
     images = model.sample(n, resolution, sampler=args.sampler, steps=args.steps, eta=args.eta, generator=generator,
-                          progress=True, condition=condition, guidance=args.guidance)
+                          progress=True, condition=condition, guidance=args.guidance, spacing=args.spacing)
     return torch.empty(0, 3, resolution, resolution), images
 
 
@@ -232,6 +243,14 @@ def _token_condition(args: argparse.Namespace, model: LatentDiffusion) -> torch.
         raise MinildmError(f"{', '.join(wrong)} does not apply to a model conditioned on {model.kind}"
                            + (f": use {expected}" if expected else ""))
     return requested_condition(model.config.conditioning, given[expected]) if expected in given else None
+
+
+def _check_same_size(image: Path, mask: Path) -> None:
+    """A mask must cover its image pixel for pixel: a mask of another size would be stretched."""
+    sizes = [Image.open(path).size for path in (image, mask)]
+    if sizes[0] != sizes[1]:
+        raise MinildmError(f"the mask {mask} is {sizes[1][0]} x {sizes[1][1]} px and the image {image} "
+                           f"{sizes[0][0]} x {sizes[0][1]} px: give a mask of the image's size")
 
 
 def _read_image(path: Path | None, option: str, resolution: int) -> torch.Tensor:
@@ -252,7 +271,7 @@ def add_evaluate(commands) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--ae", type=Path, help="an autoencoder run folder")
     target.add_argument("--ldm", type=Path, help="a latent diffusion run folder")
-    parser.add_argument("--n", type=int, help="held-out images, and as many samples for an LDM "
+    parser.add_argument("--n", type=positive_integer, help="held-out images, and as many samples for an LDM "
                         "(default: the profile's)")
 
 
@@ -286,12 +305,13 @@ def add_bench(commands) -> None:
                         help="image sides in pixels, comma-separated (default 32,64,128,256)")
     parser.add_argument("--factors", type=integer_list, default=(1, 4, 8),
                         help="1 = pixel space, 4 and 8 = LDM-4 and LDM-8 (default 1,4,8)")
-    parser.add_argument("--batch", type=int, default=16, help="batch size of every case (default 16)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs; medians are reported (default 5)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps per sample (default 50)")
+    parser.add_argument("--batch", type=positive_integer, default=16, help="batch size of every case (default 16)")
+    parser.add_argument("--repeats", type=positive_integer, default=5,
+                        help="timed runs; medians are reported (default 5)")
+    parser.add_argument("--warmup", type=non_negative_integer, default=2, help="untimed runs first (default 2)")
+    parser.add_argument("--steps", type=positive_integer, default=50, help="DDIM steps per sample (default 50)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet")
-    parser.add_argument("--out", type=Path, default=Path("runs/bench"),
+    parser.add_argument("--out", type=output_folder, default=Path("runs/bench"),
                         help="folder for bench.md, bench.json and bench.png (default runs/bench)")
 
 
@@ -315,4 +335,4 @@ def run_bench(args: argparse.Namespace, profile: Profile) -> None:
 def add_demo(commands) -> None:
     parser = command(commands, "demo", "the embedded default end to end (toy faces)",
                       lambda args, profile: run_demo(args.out, profile, args.seed))
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the results")
+    parser.add_argument("--out", type=output_folder, default=Path("runs/demo"), help="folder for the results")

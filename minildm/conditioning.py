@@ -269,6 +269,8 @@ def condition_tensor(config: ConditioningConfig, dataset) -> Tensor:
 def requested_condition(config: ConditioningConfig, request: str) -> Tensor:
     """The condition (1, ...) that a person asks for in words: a caption (text), a class name
     (class) or comma-separated attribute names, the others absent (attributes)."""
+    if not request.strip():
+        raise MinildmError("empty request: name what to draw, or leave the option out for unconditional samples")
     if config.kind == "text":
         return WordTokenizer(config.vocabulary).encode([request], config.max_length)
     if config.kind == "class":

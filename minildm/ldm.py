@@ -161,29 +161,32 @@ class LatentDiffusion(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, resolution: int, *, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
                generator: torch.Generator | None = None, noise: Tensor | None = None, progress: bool = False,
-               condition: Tensor | None = None, guidance: float = 1.0) -> Tensor:
+               condition: Tensor | None = None, guidance: float = 1.0, spacing: str = "linspace") -> Tensor:
         """``n`` images (n, 3, R, R) in [-1, 1]: noise -> DDIM/DDPM in latent space -> decoder.
 
         ``noise`` fixes the starting latents (n, c, R/f, R/f); otherwise they are drawn with
-        ``generator``. ``steps`` and ``eta`` are DDIM's (DDPM runs all T steps).
+        ``generator``. ``steps``, ``eta`` and ``spacing`` (which time steps,
+        :func:`~minildm.sampling.ddim_timesteps`) are DDIM's (DDPM runs all T steps).
         ``condition`` (n rows) and ``guidance``: see :meth:`denoiser`.
         """
         run = ddim_sample if sampler == "ddim" else ddpm_sample
         with evaluating(self.networks()):
             denoise, x_T = self._start(n, resolution, sampler, generator, noise, condition, guidance)
-            latents = run(self.diffusion, denoise, x_T, **self._options(sampler, steps, eta, generator, progress))
+            latents = run(self.diffusion, denoise, x_T,
+                          **self._options(sampler, steps, eta, generator, progress, spacing))
         return self.decode(latents)
 
     @torch.no_grad()
     def sample_trajectory(self, n: int, resolution: int, *, sampler: str = "ddim", steps: int = 50,
                           eta: float = 0.0, generator: torch.Generator | None = None, noise: Tensor | None = None,
-                          progress: bool = False, condition: Tensor | None = None,
-                          guidance: float = 1.0) -> tuple[Tensor, Trajectory]:
+                          progress: bool = False, condition: Tensor | None = None, guidance: float = 1.0,
+                          spacing: str = "linspace") -> tuple[Tensor, Trajectory]:
         """:meth:`sample`, and the sampler's trajectory in latent space (states and predicted x0)."""
         run = ddim_trajectory if sampler == "ddim" else ddpm_trajectory
         with evaluating(self.networks()):
             denoise, x_T = self._start(n, resolution, sampler, generator, noise, condition, guidance)
-            trajectory = run(self.diffusion, denoise, x_T, **self._options(sampler, steps, eta, generator, progress))
+            trajectory = run(self.diffusion, denoise, x_T,
+                             **self._options(sampler, steps, eta, generator, progress, spacing))
         return self.decode(trajectory.result), trajectory
 
     def _start(self, n: int, resolution: int, sampler: str, generator: torch.Generator | None,
@@ -199,9 +202,10 @@ class LatentDiffusion(nn.Module):
         return self.denoiser(condition, guidance, n), noise.to(self.device)
 
     @staticmethod
-    def _options(sampler: str, steps: int, eta: float, generator: torch.Generator | None, progress: bool) -> dict:
+    def _options(sampler: str, steps: int, eta: float, generator: torch.Generator | None, progress: bool,
+                 spacing: str) -> dict:
         options = {"generator": generator, "progress": progress}
-        return {**options, "steps": steps, "eta": eta} if sampler == "ddim" else options
+        return {**options, "steps": steps, "eta": eta, "spacing": spacing} if sampler == "ddim" else options
 
     def inpainting_condition(self, images: Tensor, masks: Tensor) -> Tensor:
         """Images (B, 3, R, R) in [-1, 1] and masks (B, 1, R, R), 1 = fill -> the UNet's
@@ -210,7 +214,7 @@ class LatentDiffusion(nn.Module):
 
     @torch.no_grad()
     def inpaint(self, images: Tensor, masks: Tensor, *, steps: int = 50, generator: torch.Generator | None = None,
-                keep_known: bool = True) -> Tensor:
+                keep_known: bool = True, spacing: str = "linspace") -> Tensor:
         """Fill the masked regions (masks (B, 1, R, R), 1 = fill) of images in [-1, 1]. With
         ``keep_known`` the known pixels are pasted back: the decoder reproduces them only up
         to the autoencoder's error."""
@@ -218,15 +222,16 @@ class LatentDiffusion(nn.Module):
             raise ValueError(f"this model does {self.kind}, not inpainting")
         condition = self.inpainting_condition(images, masks)
         generated = self.sample(len(images), images.shape[-1], steps=steps, generator=generator,
-                                condition=condition).cpu()
+                                condition=condition, spacing=spacing).cpu()
         return paste(generated, images.cpu(), masks.cpu()) if keep_known else generated
 
     @torch.no_grad()
-    def upscale(self, low_resolution: Tensor, *, steps: int = 50, generator: torch.Generator | None = None) -> Tensor:
+    def upscale(self, low_resolution: Tensor, *, steps: int = 50, generator: torch.Generator | None = None,
+                spacing: str = "linspace") -> Tensor:
         """Super-resolution: images (B, 3, r, r) in [-1, 1] -> (B, 3, r * factor, r * factor)."""
         if self.kind != "superres":
             raise ValueError(f"this model does {self.kind}, not super-resolution")
         resolution = low_resolution.shape[-1] * self.config.conditioning.superres_factor
         condition = superres_condition(low_resolution.to(self.device), self.latent_shape(resolution)[1:])
         return self.sample(len(low_resolution), resolution, steps=steps, generator=generator,
-                           condition=condition).cpu()
+                           condition=condition, spacing=spacing).cpu()

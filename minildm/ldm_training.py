@@ -56,14 +56,22 @@ def cached_latents(run_dir: Path, model: LatentDiffusion, pixels: Tensor) -> Ten
     """Scaled latents of the images and of their mirror images (2N, c, h, w), encoded once
     and kept in the run folder as ``latents.safetensors``."""
     path = run_dir / "latents.safetensors"
-    if path.exists():
-        tensors, metadata = ckpt.load(path)
-        if metadata.get("n_images") == len(pixels) and metadata.get("scale") == model.scale:
-            return tensors["latents"]
+    tensors, metadata = _read_cache(path)
+    if metadata.get("n_images") == len(pixels) and metadata.get("scale") == model.scale:
+        return tensors["latents"]
     images = uint8_to_float(pixels)  # (N, 3, R, R)
     latents = model.encode(torch.cat([images, images.flip(-1)])).cpu()  # (2N, c, h, w)
     ckpt.save_atomic({"latents": latents}, path, {"n_images": len(pixels), "scale": model.scale})
     return latents
+
+
+def _read_cache(path: Path) -> tuple[dict[str, Tensor], dict]:
+    """A cache file of the run folder, or nothing when it is missing or damaged (then it is
+    computed again)."""
+    try:
+        return ckpt.load(path) if path.exists() else ({}, {})
+    except ckpt.CheckpointError:
+        return {}, {}
 
 
 def training_conditions(run_dir: Path, model: LatentDiffusion, pixels: Tensor, conditions: Tensor | None,
@@ -81,10 +89,9 @@ def training_conditions(run_dir: Path, model: LatentDiffusion, pixels: Tensor, c
             raise MinildmError(f"a {model.kind}-conditioned model needs one condition per training image")
         return torch.cat([conditions, conditions])
     path = run_dir / "conditions.safetensors"
-    if path.exists():
-        tensors, metadata = ckpt.load(path)
-        if metadata.get("n_images") == len(pixels) and metadata.get("kind") == model.kind:
-            return tensors["conditions"]
+    tensors, metadata = _read_cache(path)
+    if metadata.get("n_images") == len(pixels) and metadata.get("kind") == model.kind:
+        return tensors["conditions"]
     images = uint8_to_float(pixels)
     images = torch.cat([images, images.flip(-1)])  # (2N, 3, R, R)
     if model.kind == "inpaint":
@@ -117,7 +124,9 @@ def train_ldm(run_dir: str | Path, pixels: Tensor, *, autoencoder_dir: str | Pat
     config = ldm_config(profile, autoencoder, use_scale_factor=use_scale_factor, prediction=prediction,
                         conditioning=conditioning)
     model = LatentDiffusion(config, autoencoder).to(device)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_config = {"stage": "ldm", "model": model.config.to_dict(), "learning_rate": preset.learning_rate,
+                  "autoencoder_dir": autoencoder_dir and str(autoencoder_dir), "data": data_description or {}}
+    ckpt.write_run_config(run_dir, run_config)  # a folder of another run is refused before anything is written
     data = {"latents": cached_latents(run_dir, model, pixels)}
     train_conditions = training_conditions(run_dir, model, pixels, conditions, seed)
     if train_conditions is not None:
@@ -133,8 +142,6 @@ def train_ldm(run_dir: str | Path, pixels: Tensor, *, autoencoder_dir: str | Pat
     train_config = TrainConfig(steps=steps, batch_size=preset.batch_size, ema_decay=preset.ema_decay, seed=seed,
                                warmup_steps=min(100, steps // 10), cosine_decay=True,
                                checkpoint_every=max(1, steps // 5), figure_every=max(1, steps // 5))
-    run_config = {"stage": "ldm", "model": model.config.to_dict(), "learning_rate": preset.learning_rate,
-                  "autoencoder_dir": autoencoder_dir and str(autoencoder_dir), "data": data_description or {}}
     trainer = Trainer(run_dir, {**networks, "autoencoder": model.autoencoder}, optimizers={"networks": optimizer},
                       loss_fn=loss_fn, data=data, config=train_config, run_config=run_config, ema_of=list(networks),
                       figure_fn=sample_figure(model, networks, train_conditions, pixels.shape[-1], seed),

@@ -83,14 +83,37 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
-class Downsample(nn.Module):
-    """Halve height and width with a learned 3x3 convolution of stride 2."""
+DOWNSAMPLE_PADDINGS = ("symmetric", "right_bottom")
 
-    def __init__(self, channels: int) -> None:
+
+class Downsample(nn.Module):
+    """Halve height and width with a learned 3x3 convolution of stride 2.
+
+    ``padding`` says where the convolution's zero padding goes:
+
+    - ``"symmetric"`` (the default): one pixel on every side (``padding=1``), the convention
+      of the DDPM / ADM UNet, which minildm's UNet and autoencoder both follow. Output pixel i
+      sees input pixels 2i-1..2i+1.
+    - ``"right_bottom"``: ``F.pad(x, (0, 1, 0, 1))``, one pixel on the right and bottom only,
+      then the convolution without padding. This is the autoencoder of the CompVis LDM code
+      (``ldm/modules/diffusionmodules/model.py``, ``Downsample``) and of diffusers'
+      ``AutoencoderKL`` / ``VQModel`` (``Downsample2D`` with ``padding=0``), so a pretrained
+      one (Stable Diffusion's VAE) needs it. Output pixel i sees input pixels 2i..2i+2.
+
+    Neither is better: both give H/2 x W/2 for even H, W, with the same parameters (names and
+    shapes), so weights move between them unchanged; they only compute different functions.
+    """
+
+    def __init__(self, channels: int, padding: str = "symmetric") -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        if padding not in DOWNSAMPLE_PADDINGS:
+            raise ValueError(f"unknown downsample padding {padding!r}: choose one of {', '.join(DOWNSAMPLE_PADDINGS)}")
+        self.padding = padding
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1 if padding == "symmetric" else 0)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.padding == "right_bottom":
+            x = F.pad(x, (0, 1, 0, 1))  # (B, C, H + 1, W + 1)
         return self.conv(x)  # (B, C, H, W) -> (B, C, H/2, W/2)
 
 

@@ -8,11 +8,21 @@
 from __future__ import annotations
 
 import argparse
+import math
+import tempfile
 from pathlib import Path
 
 from minildm import data
 from minildm.config import PROFILES, MinildmError, Profile
 from minildm.data.faces import default_dataset
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, like every other error of the command line
+    (argparse's own print the whole usage first); its sub-commands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def command(commands, name: str, help_text: str, run) -> argparse.ArgumentParser:
@@ -27,9 +37,9 @@ def command(commands, name: str, help_text: str, run) -> argparse.ArgumentParser
 def data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", help="toyfaces, celeba-hq, celeba, lsun-churches, lsun-bedrooms, "
                         "hub:OWNER/NAME, or a local folder (default: the profile's)")
-    parser.add_argument("--resolution", type=int, help="image side in pixels (default: the profile's)")
-    parser.add_argument("--n", type=int, help="number of images (default: the profile's)")
-    parser.add_argument("--start", type=int, default=0, help="index of the first image (default 0)")
+    parser.add_argument("--resolution", type=positive_integer, help="image side in pixels (default: the profile's)")
+    parser.add_argument("--n", type=positive_integer, help="number of images (default: the profile's)")
+    parser.add_argument("--start", type=non_negative_integer, default=0, help="index of the first image (default 0)")
     parser.add_argument("--split", default="train", help="split of a hub or datasets source")
     parser.add_argument("--attributes", type=Path, help="CelebA-format attribute file for an image folder")
     parser.add_argument("--refresh", action="store_true", help="prepare again, ignoring the cache")
@@ -48,6 +58,65 @@ def integer_list(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def non_negative_integer(text: str) -> int:
+    """An argparse type: an integer of 0 or more."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer of 0 or more, got {text!r}")
+    return int(text)
+
+
+def unit_interval(text: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
+    return value
+
+
+def guidance_scale(text: str) -> float:
+    """An argparse type: a classifier-free guidance scale, a finite number of 0 or more."""
+    value = _number(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"guidance must be 0 or more (1 = no guidance), got {text!r}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def output_folder(text: str) -> Path:
+    """An argparse type: a folder to write into (made later if it is missing); refused at once
+    when it is a file or lies where nothing may be written."""
+    path = Path(text)
+    if path.is_file():
+        raise argparse.ArgumentTypeError(f"{path} is a file: give a folder")
+    _check_writable(path)
+    return path
+
+
+def png_file(text: str) -> Path:
+    """An argparse type: a PNG file to write, in a folder where it can be written."""
+    path = Path(text)
+    if path.suffix.lower() != ".png":
+        raise argparse.ArgumentTypeError(f"must name a .png file, got {text!r}")
+    _check_writable(path.parent)
+    return path
+
+
+def _check_writable(path: Path) -> None:
+    """Try a file in ``path``, or in the nearest folder above it that exists."""
+    existing = next(folder for folder in (path, *path.parents) if folder.exists())
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot write in {existing}: {error.strerror or error}") from None
 
 
 def positive_integer(text: str) -> int:

@@ -81,10 +81,31 @@ def ddpm_trajectory(diffusion: Diffusion, denoise: Denoiser, x_T: Tensor, *,
     return trajectory
 
 
-def ddim_timesteps(diffusion: Diffusion, steps: int) -> list[int]:
-    """``steps`` time steps spread evenly over [0, T-1], from the noisiest down."""
+SPACINGS = ("linspace", "leading")  # how ddim_timesteps spreads its steps
+
+
+def ddim_timesteps(diffusion: Diffusion, steps: int, spacing: str = "linspace") -> list[int]:
+    """``steps`` time steps over [0, T-1], from the noisiest down.
+
+    - ``linspace`` (the default): round(linspace(T-1, 0, steps)), from T-1 itself down to 0;
+      the gaps are (T-1)/(steps-1) rounded, so uneven (20 or 21 apart at 50 steps).
+    - ``leading``: multiples of T // steps, ``(steps-1) * (T // steps), ..., T // steps, 0``,
+      every gap the same. This is diffusers' ``DDIMScheduler(timestep_spacing="leading",
+      steps_offset=0)``, and the grid of the LDM paper's code (CompVis ``make_ddim_timesteps``,
+      ``ddim_discr_method="uniform"``, whose time steps are these plus 1).
+
+    Why two: ``DDIMScheduler.step`` does not read the next time step from its list, it always
+    jumps from t to t - T // steps (diffusers issue #12633). With ``linspace`` minildm's next
+    time step is up to one training step away from where diffusers lands (the chains agree
+    only at steps = T); with ``leading`` the next time step *is* t - T // steps, so an
+    exported pipeline (:mod:`minildm.interop.export`) follows minildm at every step count.
+    """
     if not 1 <= steps <= diffusion.timesteps:
         raise ValueError(f"steps must be between 1 and {diffusion.timesteps}, got {steps}")
+    if spacing == "leading":
+        return [index * (diffusion.timesteps // steps) for index in reversed(range(steps))]
+    if spacing != "linspace":
+        raise ValueError(f"unknown time step spacing {spacing!r}: choose one of {', '.join(SPACINGS)}")
     return torch.linspace(diffusion.timesteps - 1, 0, steps).round().long().tolist()
 
 
@@ -114,10 +135,11 @@ def ddim_step(diffusion: Diffusion, denoise: Denoiser, x: Tensor, step: int, nex
 @torch.no_grad()
 def ddim_sample(diffusion: Diffusion, denoise: Denoiser, x_T: Tensor, *, steps: int = 50, eta: float = 0.0,
                 generator: torch.Generator | None = None, clip: float | None = None,
-                progress: bool = False) -> Tensor:
+                progress: bool = False, spacing: str = "linspace") -> Tensor:
     """DDIM over ``steps`` of the T steps. ``eta = 0`` is deterministic: the same x_T always
-    gives the same sample; ``eta = 1`` with all T steps is DDPM's ancestral sampler."""
-    schedule = ddim_timesteps(diffusion, steps)
+    gives the same sample; ``eta = 1`` with all T steps is DDPM's ancestral sampler.
+    ``spacing``: which time steps (:func:`ddim_timesteps`)."""
+    schedule = ddim_timesteps(diffusion, steps, spacing)
     x = x_T
     for index, step in enumerate(tqdm(schedule, desc="DDIM", disable=not progress)):
         next_step = schedule[index + 1] if index + 1 < len(schedule) else None
@@ -128,9 +150,9 @@ def ddim_sample(diffusion: Diffusion, denoise: Denoiser, x_T: Tensor, *, steps: 
 @torch.no_grad()
 def ddim_trajectory(diffusion: Diffusion, denoise: Denoiser, x_T: Tensor, *, steps: int = 50, eta: float = 0.0,
                     generator: torch.Generator | None = None, clip: float | None = None,
-                    progress: bool = False) -> Trajectory:
+                    progress: bool = False, spacing: str = "linspace") -> Trajectory:
     """:func:`ddim_sample`, keeping every state and every predicted x0."""
-    schedule = ddim_timesteps(diffusion, steps)
+    schedule = ddim_timesteps(diffusion, steps, spacing)
     trajectory = Trajectory([], [x_T], [])
     for index, step in enumerate(tqdm(schedule, desc="DDIM", disable=not progress)):
         next_step = schedule[index + 1] if index + 1 < len(schedule) else None
@@ -141,15 +163,15 @@ def ddim_trajectory(diffusion: Diffusion, denoise: Denoiser, x_T: Tensor, *, ste
 
 @torch.no_grad()
 def ddim_invert(diffusion: Diffusion, denoise: Denoiser, x0: Tensor, *, steps: int = 50,
-                progress: bool = False) -> Tensor:
+                progress: bool = False, spacing: str = "linspace") -> Tensor:
     """Run deterministic DDIM backwards, from a clean x0 to a noise x_T that DDIM with
-    ``eta = 0`` and the same ``steps`` maps back to (nearly) x0.
+    ``eta = 0`` and the same ``steps`` and ``spacing`` maps back to (nearly) x0.
 
     Going from level s up to level t needs eps(x_t, t), which is not known yet; it is
     approximated by eps(x_s, t), exact in the limit of many steps.
     """
     x, alpha_bar_prev = x0, 1.0
-    for step in tqdm(ddim_timesteps(diffusion, steps)[::-1], desc="DDIM inversion", disable=not progress):
+    for step in tqdm(ddim_timesteps(diffusion, steps, spacing)[::-1], desc="DDIM inversion", disable=not progress):
         t = torch.full((len(x),), step, dtype=torch.long, device=x.device)
         eps = diffusion.split_prediction(denoise(x, t).float(), x, t)[1]
         x0_hat = (x - math.sqrt(1 - alpha_bar_prev) * eps) / math.sqrt(alpha_bar_prev)

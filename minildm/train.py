@@ -10,7 +10,9 @@ and a function that turns a batch into one loss per optimiser. The trainer does 
   exported weights only; the optimiser never sees it;
 - a progress bar with the losses, figures every ``figure_every`` steps;
 - checkpoints (weights, EMA, optimiser states, random-number generators, loss history) in
-  one safetensors file written atomically, so a run resumes exactly where it stopped;
+  one safetensors file written atomically, every ``checkpoint_every`` steps or
+  ``checkpoint_minutes`` minutes, so a run resumes exactly where it stopped, even after
+  ``kill -9``;
 - Ctrl-C finishes the current step, saves, and stops; a NaN or infinite loss stops with a
   message naming the last good checkpoint.
 """
@@ -22,6 +24,7 @@ import copy
 import math
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,7 +47,9 @@ class TrainingError(MinildmError):
 
 @dataclass
 class TrainConfig:
-    """How long and how to train; the stage decides what is trained."""
+    """How long and how to train; the stage decides what is trained. A checkpoint is saved
+    every ``checkpoint_every`` steps or ``checkpoint_minutes`` minutes, whichever comes first,
+    so a killed run loses at most that much work."""
 
     steps: int
     batch_size: int
@@ -52,6 +57,7 @@ class TrainConfig:
     ema_decay: float | None = None
     max_grad_norm: float | None = None
     checkpoint_every: int = 500
+    checkpoint_minutes: float = 10.0
     figure_every: int = 0
     seed: int = 0
     warmup_steps: int = 0
@@ -123,6 +129,7 @@ class Trainer:
         self.ema = {name: EMA(modules[name], config.ema_decay) for name in averaged} if config.ema_decay else {}
         self.step = 0
         self.saved_step: int | None = None  # step of the checkpoint on disk, if any
+        self.saved_at = time.monotonic()
         self.history: list[dict[str, float]] = []
         self._stop_requested = False
         for optimizer in optimizers.values():
@@ -143,8 +150,8 @@ class Trainer:
         ckpt.write_run_config(self.run_dir, self.run_config)
         if resume and self.checkpoint_path.exists():
             self.load_checkpoint()
-        bar = tqdm(total=self.config.steps, initial=self.step, desc="training", disable=not self.progress)
-        with self._ctrl_c_finishes_the_step():
+        with tqdm(total=self.config.steps, initial=self.step, desc="training", disable=not self.progress) as bar, \
+                self._ctrl_c_finishes_the_step():  # the bar is closed before any error is printed
             while self.step < self.config.steps:
                 logs = self.train_step()
                 bar.update()
@@ -152,9 +159,7 @@ class Trainer:
                 self._after_step()
                 if self._stop_requested:
                     self.save_checkpoint()
-                    bar.close()
                     raise KeyboardInterrupt(f"interrupted: saved step {self.step} to {self.checkpoint_path}")
-        bar.close()
         self.save_checkpoint()
         return self.history
 
@@ -207,14 +212,18 @@ class Trainer:
         return self.ema[name].module if name in self.ema else self.modules[name]
 
     def _after_step(self) -> None:
-        if self.step % self.config.checkpoint_every == 0:
+        minutes = (time.monotonic() - self.saved_at) / 60
+        if self.step % self.config.checkpoint_every == 0 or minutes >= self.config.checkpoint_minutes:
             self.save_checkpoint()
         if self.figure_fn and self.config.figure_every and self.step % self.config.figure_every == 0:
             self.save_figure()
 
     def save_figure(self) -> Path:
+        """A figure of the modules at this step. It draws its own random numbers, so the
+        training after it is the same whether or not figures are made (and after a resume)."""
         shown = {name: self.sampling_module(name) for name in self.modules}
-        with torch.no_grad():
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
             images = self.figure_fn(shown, self.step)
         return save_grid(images, self.run_dir / "figures" / f"step{self.step:07d}.png")
 
@@ -231,7 +240,7 @@ class Trainer:
         metadata = {"step": self.step, "history": self.history, "train_config": asdict(self.config)}
         ckpt.save_training_state(self.checkpoint_path, modules=self.modules, averages=self._averages(),
                                  optimizers=self.optimizers, metadata=metadata)
-        self.saved_step = self.step
+        self.saved_step, self.saved_at = self.step, time.monotonic()
         self.export_weights()
         return self.checkpoint_path
 

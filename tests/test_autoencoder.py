@@ -14,7 +14,7 @@ from minildm.data import toyfaces
 from minildm.autoencoder import (AutoencoderConfig, AutoencoderKL, AutoencoderVQ, PixelSpace, build_autoencoder,
                                  measure_scale_factor, pixel_space_config)
 from minildm.regularizers import DiagonalGaussian, VectorQuantizer
-from minildm.nn import ResBlock, SelfAttention2d, normalization
+from minildm.nn import Downsample, ResBlock, SelfAttention2d, normalization
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -64,6 +64,41 @@ def test_config_round_trips_through_json_and_rejects_bad_values():
         AutoencoderConfig(reg="ae")
     with pytest.raises(ValueError, match="pixel space .* has factor 1"):
         AutoencoderConfig(reg="none", factor=4)
+
+
+def test_a_config_written_before_downsample_padding_loads_as_symmetric():
+    old = AutoencoderConfig(reg="vq", factor=8, base_channels=48).to_dict()
+    del old["downsample_padding"]  # config.json files written before the field existed
+    loaded = AutoencoderConfig.from_dict(json.loads(json.dumps(old)))
+    assert loaded.downsample_padding == "symmetric"
+    assert loaded == AutoencoderConfig(reg="vq", factor=8, base_channels=48)
+    right_bottom = AutoencoderConfig(downsample_padding="right_bottom")
+    assert AutoencoderConfig.from_dict(json.loads(json.dumps(right_bottom.to_dict()))) == right_bottom
+    with pytest.raises(ValueError, match="unknown downsample padding 'left': choose 'symmetric' or 'right_bottom'$"):
+        AutoencoderConfig(downsample_padding="left")
+    with pytest.raises(ValueError, match="missing key 'patch_size'"):  # only the new field may be missing
+        AutoencoderConfig.from_dict({key: value for key, value in old.items() if key != "patch_size"})
+
+
+def test_right_bottom_downsampling_pads_right_and_bottom_only():
+    """The CompVis / diffusers encoder's downsampling: pad (0, 1, 0, 1), then a 3x3 conv of
+    stride 2 without padding; the same parameters as the default (every side padded)."""
+    torch.manual_seed(0)
+    symmetric, right_bottom = Downsample(4), Downsample(4, "right_bottom")
+    assert [(n, p.shape) for n, p in symmetric.named_parameters()] == \
+        [(n, p.shape) for n, p in right_bottom.named_parameters()]
+    right_bottom.load_state_dict(symmetric.state_dict())
+    x = torch.randn(2, 4, 8, 6)
+    weight, bias = symmetric.conv.weight, symmetric.conv.bias
+    with torch.no_grad():
+        torch.testing.assert_close(right_bottom(x), F.conv2d(F.pad(x, (0, 1, 0, 1)), weight, bias, stride=2))
+        torch.testing.assert_close(symmetric(x), F.conv2d(F.pad(x, (1, 1, 1, 1)), weight, bias, stride=2))
+        assert right_bottom(x).shape == symmetric(x).shape == (2, 4, 4, 3)
+        assert (right_bottom(x) - symmetric(x)).abs().max() > 0.1
+    with pytest.raises(ValueError, match="unknown downsample padding"):
+        Downsample(4, "left")
+    encoder = build_autoencoder(small(downsample_padding="right_bottom")).encoder
+    assert {m.padding for m in encoder.modules() if isinstance(m, Downsample)} == {"right_bottom"}
 
 
 def test_patches_fold_into_channels_and_unfold_at_the_end():

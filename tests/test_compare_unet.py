@@ -6,13 +6,11 @@ import importlib.util
 import math
 from pathlib import Path
 
-import diffusers
 import pytest
 import torch
-from diffusers.models.attention_processor import Attention
-from diffusers.models.resnet import ResnetBlock2D
 
-from minildm.nn import ResBlock, SelfAttention2d
+from minildm.interop.diffusers_unet import copy_unet_from_diffusers
+from minildm.interop.layers import InteropError
 from minildm.unet import UNet, UNetConfig, parameter_count
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "compare_unet.py"
@@ -27,53 +25,6 @@ DEEPER = UNetConfig(in_channels=4, out_channels=4, base_channels=32, channel_mul
                     attention_levels=(2,))
 
 
-def matching_layers(ours: UNet, theirs: diffusers.UNet2DModel) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
-    """Pairs (minildm layer, diffusers layer) that hold the same weights, walking both UNets."""
-    pairs = [(ours.time_mlp[0], theirs.time_embedding.linear_1), (ours.time_mlp[2], theirs.time_embedding.linear_2),
-             (ours.input_conv, theirs.conv_in), (ours.output[0], theirs.conv_norm_out),
-             (ours.output[2], theirs.conv_out)]
-    for our_blocks, their_blocks, resampler in ((ours.down, theirs.down_blocks, "downsamplers"),
-                                                (ours.up, theirs.up_blocks, "upsamplers")):
-        our_blocks = iter(our_blocks)
-        for block in their_blocks:
-            for index, resnet in enumerate(block.resnets):
-                layers = next(our_blocks)
-                pairs.append((layers[0], resnet))
-                if hasattr(block, "attentions"):
-                    pairs.append((layers[1], block.attentions[index]))
-            if getattr(block, resampler) is not None:
-                layers = layers if resampler == "upsamplers" else next(our_blocks)  # Upsample ends an up block
-                pairs.append((layers[-1].conv, getattr(block, resampler)[0].conv))
-        assert next(our_blocks, None) is None
-    middle = theirs.mid_block
-    pairs += [(ours.middle[0], middle.resnets[0]), (ours.middle[1], middle.attentions[0]),
-              (ours.middle[2], middle.resnets[1])]
-    return pairs
-
-
-def copy_weights(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
-    """Give the minildm layer ``ours`` the weights of the diffusers layer ``theirs``."""
-    if isinstance(ours, ResBlock):
-        assert isinstance(theirs, ResnetBlock2D) and theirs.time_embedding_norm == "scale_shift"
-        for our_layer, their_layer in ((ours.norm1, theirs.norm1), (ours.conv1, theirs.conv1),
-                                       (ours.time_proj[1], theirs.time_emb_proj), (ours.norm2, theirs.norm2),
-                                       (ours.conv2, theirs.conv2), (ours.skip, theirs.conv_shortcut)):
-            if their_layer is not None:
-                copy_weights(our_layer, their_layer)
-    elif isinstance(ours, SelfAttention2d):
-        assert isinstance(theirs, Attention) and theirs.heads == ours.heads
-        copy_weights(ours.norm, theirs.group_norm)
-        projections = (theirs.to_q, theirs.to_k, theirs.to_v)
-        ours.qkv.weight.data = torch.cat([p.weight for p in projections])[..., None, None].clone()
-        ours.qkv.bias.data = torch.cat([p.bias for p in projections]).clone()
-        ours.proj_out.weight.data = theirs.to_out[0].weight[..., None, None].clone()
-        ours.proj_out.bias.data = theirs.to_out[0].bias.clone()
-    else:
-        assert type(ours) is type(theirs)
-        assert all(getattr(ours, a) == getattr(theirs, a) for a in ("num_groups", "eps") if hasattr(ours, a))
-        ours.load_state_dict(theirs.state_dict())
-
-
 @pytest.mark.parametrize("config", [SMALL, DEEPER])
 def test_models_map_latents_to_latents_with_the_same_parameter_count(config, one_thread):
     ours, theirs = UNet(config), compare_unet.build_diffusers_unet(config)
@@ -86,14 +37,14 @@ def test_models_map_latents_to_latents_with_the_same_parameter_count(config, one
 
 @pytest.mark.parametrize("config", [SMALL, DEEPER])
 def test_same_weights_give_the_same_outputs(config, one_thread):
-    """Copy every diffusers weight into minildm's UNet: a wrong group count, eps, head size,
-    time embedding or attention placement in the matching would change the output."""
+    """Copy every diffusers weight into minildm's UNet (the package's mapping,
+    :mod:`minildm.interop.diffusers_unet`): a wrong group count, eps, head size, time
+    embedding or attention placement in the matching would change the output."""
     ours, theirs = UNet(config), compare_unet.build_diffusers_unet(config)
     with torch.no_grad():
         for parameter in ours.parameters():
             parameter.fill_(math.nan)  # any weight the walk misses poisons the output
-        for our_layer, their_layer in matching_layers(ours, theirs.model):
-            copy_weights(our_layer, their_layer)
+    copy_unet_from_diffusers(theirs.model, ours)
     x, t, _ = compare_unet.random_batch(2, (4, 8, 8), torch.device("cpu"))
     with torch.no_grad():
         expected = theirs(x, t)
@@ -112,7 +63,7 @@ def test_forward_flops_agree(config, one_thread):
 
 def test_heads_smaller_than_head_channels_are_refused():
     narrow = UNetConfig(base_channels=16, channel_mult=(1, 2), attention_levels=(0,))
-    with pytest.raises(ValueError, match="attention heads"):
+    with pytest.raises(InteropError, match="attention heads"):
         compare_unet.build_diffusers_unet(narrow)
 
 

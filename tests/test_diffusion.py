@@ -152,6 +152,40 @@ def test_ddim_timesteps_run_from_the_noisiest_to_zero():
         ddim_timesteps(diffusion, 0)
 
 
+def test_leading_ddim_timesteps_are_diffusers_leading_grid_evenly_spaced():
+    """spacing="leading": multiples of T // steps from (steps - 1) * (T // steps) down to 0, the
+    time steps of diffusers' DDIMScheduler(timestep_spacing="leading", steps_offset=0), whose
+    step always jumps by T // steps; the default grid (linspace) is unchanged."""
+    diffusers = pytest.importorskip("diffusers")
+    diffusion = Diffusion()
+    scheduler = diffusers.DDIMScheduler(num_train_timesteps=diffusion.timesteps, timestep_spacing="leading",
+                                        steps_offset=0)
+    for steps in range(1, diffusion.timesteps + 1):
+        leading = ddim_timesteps(diffusion, steps, spacing="leading")
+        scheduler.set_timesteps(steps)
+        assert leading == scheduler.timesteps.tolist(), steps
+        jump = diffusion.timesteps // steps
+        assert len(leading) == steps and leading[-1] == 0 and leading[0] == (steps - 1) * jump
+        assert {t - s for t, s in zip(leading, leading[1:])} <= {jump}, steps
+    assert ddim_timesteps(diffusion, 50, "leading")[:3] == [980, 960, 940]
+    assert ddim_timesteps(diffusion, 50) == ddim_timesteps(diffusion, 50, "linspace")
+    assert ddim_timesteps(diffusion, 50)[:3] == [999, 979, 958]
+    with pytest.raises(ValueError, match="unknown time step spacing 'trailing'"):
+        ddim_timesteps(diffusion, 50, "trailing")
+    with pytest.raises(ValueError, match="between 1 and 1000"):
+        ddim_timesteps(diffusion, 1001, "leading")
+
+
+def test_ddim_samples_along_the_spacing_it_is_given():
+    diffusion = Diffusion()
+    denoise = gaussian_data_denoiser(diffusion, 0.5)
+    x_T = torch.randn(2, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    trajectory = ddim_trajectory(diffusion, denoise, x_T, steps=27, spacing="leading")
+    assert trajectory.timesteps == ddim_timesteps(diffusion, 27, "leading")
+    torch.testing.assert_close(ddim_sample(diffusion, denoise, x_T, steps=27, spacing="leading"), trajectory.result)
+    assert ddim_trajectory(diffusion, denoise, x_T, steps=27).timesteps == ddim_timesteps(diffusion, 27)
+
+
 def test_ddim_with_eta_zero_is_deterministic():
     diffusion = Diffusion()
     denoise = gaussian_data_denoiser(diffusion, 0.5)

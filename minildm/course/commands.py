@@ -13,7 +13,7 @@ from minildm.course.grading import grade
 from minildm.course.sandbox import Limits
 from minildm.course.student import check_exercises, write_student_copy
 from minildm.notebook_setup import repository_url, write_setup_cells
-from minildm.options import command, positive_integer
+from minildm.options import command, output_folder, positive_integer
 
 
 def add_course(commands) -> None:
@@ -27,7 +27,7 @@ def add_course(commands) -> None:
     command(actions, "setup-cells", "write the first cell of every notebook, with the repository named in "
             "pyproject.toml", run_setup_cells)
     grade.add_argument("submissions", type=Path, help="folder with one folder or .zip per student")
-    grade.add_argument("--out", type=Path, required=True, help="folder for grades.csv and results/")
+    grade.add_argument("--out", type=output_folder, required=True, help="folder for grades.csv and results/")
     grade.add_argument("--jobs", type=positive_integer, default=1, help="submissions graded at once (default 1)")
     grade.add_argument("--time-limit", type=positive_integer, default=120,
                        help="seconds of wall-clock time per exercise run (default 120)")

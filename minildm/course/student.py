@@ -50,6 +50,8 @@ def write_student_copy(out: Path, root: Path | None = None) -> int:
     root = root or checkout_root()
     if root is None:
         raise MinildmError("the student copy is made from a checkout of the repository, not an installed package")
+    if out.is_file():
+        raise MinildmError(f"{out} exists and is a file: name a new folder")
     if out.exists() and any(out.iterdir()):
         raise MinildmError(f"{out} exists and is not empty: name a new folder")
     files = [name for name in tracked_files(root) if not name.startswith(GRADING_TESTS + "/")]

@@ -198,11 +198,26 @@ def _toyfaces(resolution: int, n: int, start: int, seed: int) -> ImageDataset:
 def _collect(records: Iterable[sources.Record], resolution: int, n: int | None, source: str,
              progress: bool) -> ImageDataset:
     """Decode and prepare records until ``n`` usable images are found."""
+    with tqdm(total=n, desc=f"preparing {Path(source).name or source}", unit="img", disable=not progress,
+              leave=False) as bar:  # the bar clears itself, also when a source fails
+        pixels, attribute_rows, labels, skipped, smallest = _decode(records, resolution, n, bar)
+    if not pixels:
+        raise DataError(_nothing_usable_message(source, resolution, skipped, smallest))
+    data = ImageDataset(pixels=torch.stack(pixels), info={"source": source, "requested": n})
+    if attribute_rows[0] is not None:
+        data.attribute_names = list(attribute_rows[0])
+        data.attributes = torch.tensor([list(row.values()) for row in attribute_rows])
+    if labels[0] is not None:
+        data.labels = torch.tensor(labels, dtype=torch.int64)
+    data.info["skipped"] = dict(skipped)
+    return data
+
+
+def _decode(records: Iterable[sources.Record], resolution: int, n: int | None, bar: tqdm):
+    """Prepared images, their labels, what was skipped and why, and the smallest side skipped."""
     pixels, attribute_rows, labels = [], [], []
     skipped: Counter = Counter()
     smallest = None
-    bar = tqdm(total=n, desc=f"preparing {Path(source).name or source}", unit="img",
-               disable=not progress)
     for record in records:
         try:
             image = record.load()
@@ -222,17 +237,7 @@ def _collect(records: Iterable[sources.Record], resolution: int, n: int | None, 
         bar.update()
         if n is not None and len(pixels) == n:
             break
-    bar.close()
-    if not pixels:
-        raise DataError(_nothing_usable_message(source, resolution, skipped, smallest))
-    data = ImageDataset(pixels=torch.stack(pixels), info={"source": source, "requested": n})
-    if attribute_rows[0] is not None:
-        data.attribute_names = list(attribute_rows[0])
-        data.attributes = torch.tensor([list(row.values()) for row in attribute_rows])
-    if labels[0] is not None:
-        data.labels = torch.tensor(labels, dtype=torch.int64)
-    data.info["skipped"] = dict(skipped)
-    return data
+    return pixels, attribute_rows, labels, skipped, smallest
 
 
 def _nothing_usable_message(source: str, resolution: int, skipped: Counter, smallest) -> str:
