@@ -31,19 +31,25 @@ The model, trained:
 - :mod:`~minildm.config`: profiles (tiny, cpu, gpu, the one-GPU recipes), presets, paths (00)
 - :mod:`minildm.course`: the course kit: exercises, the student copy, the grader (docs/teaching.md)
 - :mod:`~minildm.demo`: the whole pipeline on one screen (``python -m minildm demo``)
-- :mod:`~minildm.cli`: the command line, ``python -m minildm COMMAND``
+- :mod:`~minildm.cli`: the command line, ``python -m minildm COMMAND``; :mod:`~minildm.options`: what
+  its modules share (common options, argument types)
+- :mod:`~minildm.setup_cell`: every notebook's first cell (makes ``import minildm`` work on Colab
+  and in a fresh kernel); :mod:`~minildm.notebook_setup` writes it into the notebooks
 - :mod:`~minildm.viz`: image grids
 
-What a first reading can skip lives in two subpackages:
+What a first reading can skip lives in three subpackages:
 
 - :mod:`minildm.data` (00): :mod:`~minildm.data.toyfaces` (the offline data set),
   :mod:`~minildm.data.images` (any image file to a tensor), :mod:`~minildm.data.sources`
   (folders, attribute files, Hugging Face datasets), :mod:`~minildm.data.dataset`
-  (``load_images``: one entry point, cached);
+  (``load_images``: one entry point, cached), :mod:`~minildm.data.faces` (real faces from the
+  first source that works: a local folder, the hub, else toy faces);
 - :mod:`minildm.evaluation`: :mod:`~minildm.evaluation.metrics` (PSNR, SSIM, FID, KID; 05, 09),
   :mod:`~minildm.evaluation.judge` (a classifier that reads toy-face attributes off samples; 07),
   :mod:`~minildm.evaluation.scores` (the score of each kind of model; 01, 05, 07, 08),
-  :mod:`~minildm.evaluation.bench` (pixel against latent cost, the paper's claim; 09).
+  :mod:`~minildm.evaluation.bench` (pixel against latent cost, the paper's claim; 09);
+- :mod:`minildm.interop`: models to and from Hugging Face diffusers (export an LDM, import an
+  autoencoder).
 """
 
 __version__ = "0.1.0"

@@ -87,6 +87,14 @@ class AutoencoderConfig(SavedConfig):
             values = {**values, "downsample_padding": "symmetric"}
         return super().from_dict(values, where)
 
+    def to_dict(self) -> dict:
+        """:meth:`SavedConfig.to_dict`, leaving out the default padding, so that a run folder
+        written before the option existed is still the same configuration and resumes."""
+        values = super().to_dict()
+        if values["downsample_padding"] == "symmetric":
+            del values["downsample_padding"]
+        return values
+
     def __post_init__(self) -> None:
         if self.downsample_padding not in DOWNSAMPLE_PADDINGS:
             raise ValueError(f"unknown downsample padding {self.downsample_padding!r}: choose "

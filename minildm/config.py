@@ -248,7 +248,11 @@ class SavedConfig:
     ``to_dict`` gives JSON-able values, ``from_dict`` builds the config back and checks it."""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        values = asdict(self)
+        for name in values:  # nested configs by their own to_dict, which may leave defaults out
+            if isinstance(getattr(self, name), SavedConfig):
+                values[name] = getattr(self, name).to_dict()
+        return values
 
     @classmethod
     def from_dict(cls: type[C], values: dict, where: str | None = None) -> C:

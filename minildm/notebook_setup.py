@@ -31,6 +31,18 @@ def repository_url(root: Path) -> str:
         raise MinildmError(f"cannot read [project.urls] Repository from {root / 'pyproject.toml'}: {error}") from None
 
 
+def set_repository(root: Path, repository: str) -> list[Path]:
+    """Name ``repository`` in the checkout's ``pyproject.toml`` and rewrite every setup cell for
+    it (a student copy published as the course's own repository); returns the notebooks changed."""
+    pyproject = root / "pyproject.toml"
+    text, count = re.subn(r'^Repository = "[^"]*"', f'Repository = "{repository}"', pyproject.read_text(),
+                          count=1, flags=re.MULTILINE)
+    if count != 1:
+        raise MinildmError(f"{pyproject} has no [project.urls] Repository line to change")
+    pyproject.write_text(text)
+    return write_setup_cells(root)
+
+
 def setup_cell_source(repository: str) -> str:
     """The setup cell's code, cloning ``repository`` on a fresh Colab runtime."""
     return REPOSITORY_LINE.sub(f'REPOSITORY = "{repository}"', SETUP_CELL.read_text(), count=1).rstrip("\n")

@@ -233,6 +233,26 @@ def test_imported_autoencoder_reconstructs_as_diffusers(post_quant_conv, one_thr
     assert (shift.abs().max() > 0.01) == post_quant_conv
 
 
+# Stable Diffusion's f = 8 KL autoencoder: the configuration of the hub's stabilityai/sd-vae-ft-mse,
+# stabilityai/sd-vae-ft-ema and the vae/ of CompVis/stable-diffusion-v1-4 (no weights downloaded)
+STABLE_DIFFUSION_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+                            layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
+                            up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, sample_size=512,
+                            scaling_factor=0.18215)
+
+
+def test_stable_diffusions_autoencoder_has_a_shape_minildm_holds(one_thread):
+    torch.manual_seed(0)
+    theirs = diffusers.AutoencoderKL(**STABLE_DIFFUSION_VAE).eval()
+    ours = autoencoder_from_diffusers(theirs)
+    assert (ours.config.factor, ours.config.base_channels, ours.config.res_blocks, ours.config.latent_channels) == \
+        (8, 128, 2, 4)
+    images = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        latent = theirs.encode(images).latent_dist.mean
+        assert (ours.decode(ours.posterior(images).mean) - theirs.decode(latent).sample).abs().max() <= 1e-4
+
+
 def test_what_minildm_cannot_hold_is_refused_in_one_line(tmp_path, offline):
     cases = [({"block_out_channels": (32, 64, 96)}, "not base channels times minildm's level layout"),
              ({"norm_num_groups": 16}, r"minildm gives layers of \(32, 64, 128\) channels \[32\] groups"),

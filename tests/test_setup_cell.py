@@ -87,6 +87,18 @@ def test_a_fork_rewrites_every_setup_cell(tmp_path):
     assert notebook_setup.write_setup_cells(fork) == []  # a second run changes nothing
 
 
+def test_a_student_copy_clones_the_repository_it_is_published_in(tmp_path, capsys):
+    from minildm.cli import main
+
+    out = tmp_path / "student"
+    assert main(["course", "student", str(out), "--repository", "https://example.org/course/student-copy"]) == 0
+    assert notebook_setup.repository_url(out) == "https://example.org/course/student-copy"
+    for path in sorted((out / "notebooks").glob("*.ipynb")):
+        notebook = nbformat.read(path, as_version=4)
+        assert 'REPOSITORY = "https://example.org/course/student-copy"' in notebook.cells[1].source
+        assert all(not cell.get("outputs") for cell in notebook.cells)  # still cleared
+
+
 def test_where_minildm_imports_it_says_version_profile_and_device():
     result = run_cell(Path(sys.executable), ROOT / "notebooks", MINILDM_PROFILE="tiny")
     assert result.returncode == 0, result.stderr

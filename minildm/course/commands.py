@@ -12,7 +12,7 @@ from minildm.course.exercises import EXERCISES
 from minildm.course.grading import grade
 from minildm.course.sandbox import Limits
 from minildm.course.student import check_exercises, write_student_copy
-from minildm.notebook_setup import repository_url, write_setup_cells
+from minildm.notebook_setup import repository_url, set_repository, write_setup_cells
 from minildm.options import command, output_folder, positive_integer
 
 
@@ -22,6 +22,8 @@ def add_course(commands) -> None:
     actions = course.add_subparsers(dest="action", required=True, metavar="ACTION")
     student = command(actions, "student", "write the student copy of this checkout into a new folder", run_student)
     student.add_argument("out", type=Path, help="the new folder")
+    student.add_argument("--repository", help="the URL the copy's notebooks clone on Colab: where the copy will be "
+                         "published (default: the one in pyproject.toml)")
     command(actions, "check", "run the public checks: which exercises are done", run_check)
     grade = command(actions, "grade", "grade a folder of submissions (student copies or zips of them)", run_grade)
     command(actions, "setup-cells", "write the first cell of every notebook, with the repository named in "
@@ -43,6 +45,8 @@ def run_setup_cells(args: argparse.Namespace, profile: Profile) -> None:
 
 def run_student(args: argparse.Namespace, profile: Profile) -> None:
     count = write_student_copy(args.out)
+    if args.repository:
+        set_repository(args.out, args.repository)
     print(f"student copy: {count} files in {args.out} ({len(EXERCISES)} exercises stubbed, outputs cleared, "
           f"grading tests left out)")
 

@@ -5,7 +5,9 @@
 - :mod:`~minildm.data.images`: any image file to a square RGB tensor, and uint8 <-> [-1, 1];
 - :mod:`~minildm.data.sources`: image folders, CelebA attribute files, Hugging Face datasets;
 - :mod:`~minildm.data.dataset`: :func:`load_images`, the one entry point for every source,
-  cached on disk, and :class:`ImageDataset`, what it returns.
+  cached on disk, and :class:`ImageDataset`, what it returns;
+- :mod:`~minildm.data.faces`: real faces from the first source that works (the
+  ``MINILDM_CELEBA_DIR`` folder, CelebA-HQ from the hub, else toy faces).
 """
 
 from minildm.data.dataset import ImageDataset, describe, load_images, random_flip

@@ -126,7 +126,7 @@ def test_ex09_1_distance_of_a_set_to_itself_is_zero():
 
 
 def test_ex09_2_kid_of_a_set_to_itself_is_about_zero():
-    features = torch.randn(100, 3)
+    features = torch.randn(100, 3, generator=torch.Generator().manual_seed(0))  # -0.20 over seeds 0-19: -0.46 to -0.12
     assert abs(kernel_distance(features, features, subsets=5, subset_size=50)[0]) < 0.5
 
 
