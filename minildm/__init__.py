@@ -28,6 +28,7 @@ The model, trained:
 - :mod:`~minildm.ldm_training`: cached latents, train an LDM into a run folder, load it (05)
 - :mod:`~minildm.train`: the one training loop both stages use: EMA, Ctrl-C, NaN checks (01, 05)
 - :mod:`~minildm.checkpoint`: safetensors files written atomically, run folders (05)
+- :mod:`~minildm.distributed`: several devices under torchrun: shared-out batches, averaged gradients
 - :mod:`~minildm.config`: profiles (tiny, cpu, gpu, the one-GPU recipes), presets, paths (00)
 - :mod:`minildm.course`: the course kit: exercises, the student copy, the grader (docs/teaching.md)
 - :mod:`~minildm.demo`: the whole pipeline on one screen (``python -m minildm demo``)

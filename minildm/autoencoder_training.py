@@ -36,7 +36,7 @@ def autoencoder_config(profile: Profile, *, factor: int = 4, reg: str = "kl",
 
 def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, *, config: AutoencoderConfig, profile: Profile,
                       steps: int | None = None, seed: int = 0, perceptual: losses.PerceptualLoss | None = None,
-                      data_description: dict | None = None, progress: bool = True) -> Autoencoder:
+                      data_description: dict | None = None, progress: bool = True, accumulate: int = 1) -> Autoencoder:
     """Train (or resume) an autoencoder on uint8 images (N, 3, R, R); returns it with its
     scale factor set (KL: 1 / std of the latents; VQ: 1).
 
@@ -73,8 +73,8 @@ def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, *, config: Auto
         return step_losses, logs
 
     steps = steps or preset.steps
-    train_config = TrainConfig(steps=steps, batch_size=preset.batch_size, seed=seed, cosine_decay=True,
-                               checkpoint_every=max(1, steps // 5), figure_every=max(1, steps // 5))
+    train_config = TrainConfig(steps=steps, batch_size=preset.batch_size, accumulate=accumulate, seed=seed,
+                               cosine_decay=True, checkpoint_every=max(1, steps // 5), figure_every=max(1, steps // 5))
     run_config = {"stage": "autoencoder", "autoencoder": config.to_dict(), "loss": loss_config.to_dict(),
                   "learning_rate": preset.learning_rate, "data": data_description or {}}
     trainer = Trainer(run_dir, {"autoencoder": autoencoder, "loss": objective}, optimizers=optimizers,

@@ -7,7 +7,9 @@ command exits non-zero after printing one line that says what is wrong, never a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ import torch
 from PIL import Image
 
 from minildm import checkpoint as ckpt
-from minildm import data, losses
+from minildm import data, distributed, losses
 from minildm.autoencoder_training import autoencoder_config, load_autoencoder, train_autoencoder
 from minildm.conditioning import KINDS, TOKEN_KINDS, condition_tensor, conditioning_config, requested_condition
 from minildm.config import MinildmError, Profile, get_profile
@@ -37,24 +39,45 @@ from minildm.unet import forward_flops, parameter_count
 from minildm.viz import save_grid
 
 
+ACCUMULATE_HELP = ("micro-batches per step, their gradients summed (default 1); the learning rate scales with "
+                   "the global batch. Under torchrun, N processes are the same run as --accumulate N")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return the exit status."""
     args = build_parser().parse_args(argv)
+    errors, name = sys.stderr, "minildm"
     try:
         profile = get_profile(args.profile)
-        torch.manual_seed(args.seed)
-        args.run(args, profile)
+        world = distributed.start(profile.device)  # several processes under torchrun
+        if not world.is_main:
+            name = f"minildm (rank {world.rank})"
+        with only_rank_zero_prints(world):
+            torch.manual_seed(args.seed)
+            args.run(args, profile)
     except MinildmError as error:
-        print(f"minildm: error: {error}", file=sys.stderr)
+        print(f"{name}: error: {error}", file=errors)
         return 1
     except OSError as error:  # a folder that cannot be written, a full disk, ...
-        print(f"minildm: error: {error.strerror or error}" + (f": {error.filename}" if error.filename else ""),
-              file=sys.stderr)
+        print(f"{name}: error: {error.strerror or error}" + (f": {error.filename}" if error.filename else ""),
+              file=errors)
         return 1
     except KeyboardInterrupt:
-        print("minildm: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=errors)
         return 130
+    finally:
+        distributed.stop()
     return 0
+
+
+@contextlib.contextmanager
+def only_rank_zero_prints(world: distributed.World):
+    """Under torchrun, the other processes' output and progress bars go nowhere."""
+    if world.is_main:
+        yield
+        return
+    with open(os.devnull, "w") as nowhere, contextlib.redirect_stdout(nowhere), contextlib.redirect_stderr(nowhere):
+        yield
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +119,7 @@ def add_train_ae(commands) -> None:
     parser.add_argument("--factor", type=int, default=4, choices=[4, 8, 16], help="downsampling factor f")
     parser.add_argument("--reg", default="kl", choices=["kl", "vq"], help="latent regularisation")
     parser.add_argument("--steps", type=positive_integer, help="training steps (default: the profile's)")
+    parser.add_argument("--accumulate", type=positive_integer, default=1, help=ACCUMULATE_HELP)
     parser.add_argument("--base-channels", type=positive_integer,
                         help="channels at full resolution (default: the profile's); fewer make a higher "
                              "resolution affordable")
@@ -122,7 +146,7 @@ def run_train_ae(args: argparse.Namespace, profile: Profile) -> None:
     started = time.perf_counter()
     autoencoder = train_autoencoder(args.out, train.pixels, config=config, profile=profile, steps=args.steps,
                                     seed=args.seed, perceptual=losses.load_perceptual(),
-                                    data_description=description)
+                                    data_description=description, accumulate=args.accumulate)
     minutes = (time.perf_counter() - started) / 60
     print(f"trained in {minutes:.1f} min; latent {autoencoder.latent_shape(train.resolution)}, "
           f"scale factor {autoencoder.scale_factor.item():.4f}; run folder {args.out}")
@@ -139,6 +163,7 @@ def add_train_ldm(commands) -> None:
                         "(default: all of the data set's)")
     parser.add_argument("--n", type=positive_integer, help="training images (default: those the autoencoder saw)")
     parser.add_argument("--steps", type=positive_integer, help="training steps (default: the profile's)")
+    parser.add_argument("--accumulate", type=positive_integer, default=1, help=ACCUMULATE_HELP)
     parser.add_argument("--out", type=output_folder, required=True, help="run folder (resumed if it exists)")
 
 
@@ -158,7 +183,7 @@ def run_train_ldm(args: argparse.Namespace, profile: Profile) -> None:
     started = time.perf_counter()
     model = train_ldm(args.out, train.pixels, autoencoder_dir=args.ae, profile=profile, steps=args.steps,
                       seed=args.seed, conditioning=conditioning, conditions=conditions,
-                      data_description={**seen, "n": len(train)})
+                      data_description={**seen, "n": len(train)}, accumulate=args.accumulate)
     minutes = (time.perf_counter() - started) / 60
     latent_shape = model.latent_shape(train.resolution)
     print(f"trained in {minutes:.1f} min; UNet {parameter_count(model.unet) / 1e6:.2f} M parameters, "

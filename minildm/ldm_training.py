@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from minildm import checkpoint as ckpt
+from minildm import distributed
 from minildm.autoencoder import Autoencoder, PixelSpace
 from minildm.autoencoder_training import load_autoencoder
 from minildm.conditioning import TOKEN_KINDS, ConditioningConfig
@@ -60,8 +61,12 @@ def cached_latents(run_dir: Path, model: LatentDiffusion, pixels: Tensor) -> Ten
     if metadata.get("n_images") == len(pixels) and metadata.get("scale") == model.scale:
         return tensors["latents"]
     images = uint8_to_float(pixels)  # (N, 3, R, R)
-    latents = model.encode(torch.cat([images, images.flip(-1)])).cpu()  # (2N, c, h, w)
-    ckpt.save_atomic({"latents": latents}, path, {"n_images": len(pixels), "scale": model.scale})
+    images = torch.cat([images, images.flip(-1)])  # (2N, 3, R, R)
+    world = distributed.current()  # under torchrun each process encodes its part
+    part = model.encode(images[distributed.my_rows(len(images), world)]).cpu()
+    latents = distributed.gather_rows(part, len(images), world)  # (2N, c, h, w) on every process
+    if world.is_main:
+        ckpt.save_atomic({"latents": latents}, path, {"n_images": len(pixels), "scale": model.scale})
     return latents
 
 
@@ -108,7 +113,7 @@ def training_conditions(run_dir: Path, model: LatentDiffusion, pixels: Tensor, c
 def train_ldm(run_dir: str | Path, pixels: Tensor, *, autoencoder_dir: str | Path | None, profile: Profile,
               steps: int | None = None, seed: int = 0, use_scale_factor: bool = True, prediction: str | None = None,
               conditioning: ConditioningConfig | None = None, conditions: Tensor | None = None,
-              data_description: dict | None = None, progress: bool = True) -> LatentDiffusion:
+              data_description: dict | None = None, progress: bool = True, accumulate: int = 1) -> LatentDiffusion:
     """Train (or resume) a UNet on the latents of uint8 images (N, 3, R, R); returns the model
     with its EMA weights loaded, ready to sample. ``autoencoder_dir`` None trains on the
     pixels themselves (:class:`minildm.autoencoder.PixelSpace`, the paper's LDM-1).
@@ -139,7 +144,8 @@ def train_ldm(run_dir: str | Path, pixels: Tensor, *, autoencoder_dir: str | Pat
         return {"networks": loss}, {"loss": loss.item()}
 
     steps = steps or preset.steps
-    train_config = TrainConfig(steps=steps, batch_size=preset.batch_size, ema_decay=preset.ema_decay, seed=seed,
+    train_config = TrainConfig(steps=steps, batch_size=preset.batch_size, accumulate=accumulate,
+                               ema_decay=preset.ema_decay, seed=seed,
                                warmup_steps=min(100, steps // 10), cosine_decay=True,
                                checkpoint_every=max(1, steps // 5), figure_every=max(1, steps // 5))
     trainer = Trainer(run_dir, {**networks, "autoencoder": model.autoencoder}, optimizers={"networks": optimizer},

@@ -34,6 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from minildm import checkpoint as ckpt
+from minildm import distributed
 from minildm.config import MinildmError
 from minildm.viz import save_grid
 
@@ -127,14 +128,20 @@ class Trainer:
         self.size = len(next(iter(data.values())))
         averaged = [ema_of] if isinstance(ema_of, str) else list(ema_of)
         self.ema = {name: EMA(modules[name], config.ema_decay) for name in averaged} if config.ema_decay else {}
+        self.world = distributed.current()
         self.step = 0
         self.saved_step: int | None = None  # step of the checkpoint on disk, if any
         self.saved_at = time.monotonic()
         self.history: list[dict[str, float]] = []
         self._stop_requested = False
-        for optimizer in optimizers.values():
+        for optimizer in optimizers.values():  # linear scaling with the global batch, as the LDM code does
             for group in optimizer.param_groups:
-                group.setdefault("initial_lr", group["lr"])
+                group.setdefault("initial_lr", group["lr"] * self.micro_batches)
+
+    @property
+    def micro_batches(self) -> int:
+        """Micro-batches in one optimiser step: accumulated ones times processes."""
+        return self.config.accumulate * self.world.size
 
     @property
     def checkpoint_path(self) -> Path:
@@ -147,28 +154,40 @@ class Trainer:
 
     def fit(self, resume: bool = True) -> list[dict[str, float]]:
         """Train until ``config.steps``, resuming from the run folder's checkpoint if any."""
-        ckpt.write_run_config(self.run_dir, self.run_config)
+        if self.world.is_main:
+            ckpt.write_run_config(self.run_dir, self.run_config)
         if resume and self.checkpoint_path.exists():
             self.load_checkpoint()
-        with tqdm(total=self.config.steps, initial=self.step, desc="training", disable=not self.progress) as bar, \
+        show = self.progress and self.world.is_main
+        if show:
+            config = self.config
+            print(f"batch: {config.batch_size} per device x {self.world.size} device(s) x {config.accumulate} "
+                  f"accumulated = {config.batch_size * self.micro_batches} images per step; learning rate x "
+                  f"{self.micro_batches} (scaled with the global batch)")
+        with tqdm(total=self.config.steps, initial=self.step, desc="training", disable=not show) as bar, \
                 self._ctrl_c_finishes_the_step():  # the bar is closed before any error is printed
             while self.step < self.config.steps:
                 logs = self.train_step()
                 bar.update()
                 bar.set_postfix({k: f"{v:.4g}" for k, v in list(logs.items())[:4]})
                 self._after_step()
-                if self._stop_requested:
+                if distributed.any_rank(self._stop_requested, self.device):  # every process stops together
                     self.save_checkpoint()
                     raise KeyboardInterrupt(f"interrupted: saved step {self.step} to {self.checkpoint_path}")
         self.save_checkpoint()
         return self.history
 
     def train_step(self) -> dict[str, float]:
-        """One optimiser step for every optimiser, over ``accumulate`` micro-batches."""
+        """One optimiser step for every optimiser, over ``accumulate`` micro-batches of this
+        process; under torchrun the gradients are then averaged over the processes. Each
+        micro-batch draws its random numbers from its own seed, so however the micro-batches
+        are shared out, the step is the same (:mod:`minildm.distributed`)."""
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
-        for micro in range(self.config.accumulate):
+        accumulate = self.config.accumulate
+        for micro in range(self.world.rank * accumulate, (self.world.rank + 1) * accumulate):
+            torch.manual_seed((self.config.seed * 1_000_003 + self.step) * 1_009 + micro)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 losses, logs = self.loss_fn(self.batch(self.step, micro), self.step)
             self._check_finite(losses)
@@ -179,12 +198,14 @@ class Trainer:
                     inputs=parameters, retain_graph=name != names[-1])
             for key, value in logs.items():
                 totals[key] = totals.get(key, 0.0) + value / self.config.accumulate
+        totals = distributed.average_values(totals, self.device)
         lr_scale = self.config.learning_rate_scale(self.step)
         for optimizer in self.optimizers.values():
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] * lr_scale
+            parameters = [p for group in optimizer.param_groups for p in group["params"]]
+            distributed.average_gradients(parameters)
             if self.config.max_grad_norm:
-                parameters = [p for group in optimizer.param_groups for p in group["params"]]
                 nn.utils.clip_grad_norm_(parameters, self.config.max_grad_norm)
             optimizer.step()
         for name, ema in self.ema.items():
@@ -194,9 +215,10 @@ class Trainer:
         return totals
 
     def batch(self, step: int, micro: int = 0) -> Batch:
-        """Rows for one micro-batch: positions in an endless stream of seeded epoch permutations."""
+        """Rows for micro-batch ``micro`` of a step (counted over every process): positions in
+        an endless stream of seeded epoch permutations."""
         size = self.config.batch_size
-        first = (step * self.config.accumulate + micro) * size
+        first = (step * self.micro_batches + micro) * size
         positions = torch.arange(first, first + size)
         epochs, offsets = positions // self.size, positions % self.size
         rows = torch.empty(size, dtype=torch.int64)
@@ -211,11 +233,12 @@ class Trainer:
         """The weights to evaluate with: the EMA copy of ``name`` when there is one."""
         return self.ema[name].module if name in self.ema else self.modules[name]
 
-    def _after_step(self) -> None:
+    def _after_step(self) -> None:  # every process: only rank 0 writes, all keep the step
         minutes = (time.monotonic() - self.saved_at) / 60
         if self.step % self.config.checkpoint_every == 0 or minutes >= self.config.checkpoint_minutes:
             self.save_checkpoint()
-        if self.figure_fn and self.config.figure_every and self.step % self.config.figure_every == 0:
+        if self.figure_fn and self.config.figure_every and self.step % self.config.figure_every == 0 \
+                and self.world.is_main:
             self.save_figure()
 
     def save_figure(self) -> Path:
@@ -228,20 +251,23 @@ class Trainer:
         return save_grid(images, self.run_dir / "figures" / f"step{self.step:07d}.png")
 
     def _check_finite(self, losses: dict[str, torch.Tensor]) -> None:
-        for name, loss in losses.items():
-            if not torch.isfinite(loss).all():
-                last = (f"the last good checkpoint is {self.checkpoint_path} (step {self.saved_step})"
-                        if self.saved_step is not None else "no checkpoint was saved yet")
-                raise TrainingError(f"the {name} loss became {loss.item()} at step {self.step}; {last}. "
-                                    "Lower the learning rate or check the data")
+        bad = [name for name, loss in losses.items() if not torch.isfinite(loss).all()]
+        if not distributed.any_rank(bool(bad), self.device):  # under torchrun, all processes stop together
+            return
+        last = (f"the last good checkpoint is {self.checkpoint_path} (step {self.saved_step})"
+                if self.saved_step is not None else "no checkpoint was saved yet")
+        what = f"the {bad[0]} loss became {losses[bad[0]].item()}" if bad else "a loss became NaN on another process"
+        raise TrainingError(f"{what} at step {self.step}; {last}. Lower the learning rate or check the data")
 
     def save_checkpoint(self) -> Path:
-        """Everything needed to resume exactly, in one file, plus the weights to sample with."""
-        metadata = {"step": self.step, "history": self.history, "train_config": asdict(self.config)}
-        ckpt.save_training_state(self.checkpoint_path, modules=self.modules, averages=self._averages(),
-                                 optimizers=self.optimizers, metadata=metadata)
+        """Everything needed to resume exactly, in one file, plus the weights to sample with.
+        Under torchrun only rank 0 writes; every process notes the step."""
+        if self.world.is_main:
+            metadata = {"step": self.step, "history": self.history, "train_config": asdict(self.config)}
+            ckpt.save_training_state(self.checkpoint_path, modules=self.modules, averages=self._averages(),
+                                     optimizers=self.optimizers, metadata=metadata)
+            self.export_weights()
         self.saved_step, self.saved_at = self.step, time.monotonic()
-        self.export_weights()
         return self.checkpoint_path
 
     def export_weights(self) -> Path:

@@ -64,7 +64,7 @@ CASES = [
     ("sample --ldm {ldm} --out {tmp}/s.jpg", "must name a .png file"),
     ("sample --ldm {ae} --out {tmp}/s.png", "not a latent diffusion model"),
     ("sample --ldm {tmp}/none --out {tmp}/s.png", "no config.json"),
-    ("sample --ldm {ldm} --out {tmp}/s.png --prompt 'a face'", "--prompt does not apply to a model conditioned on none"),
+    ("sample --ldm {ldm} --out {tmp}/s.png --prompt 'a face'", "--prompt does not apply to a model conditioned"),
     ("sample --ldm {text} --out {tmp}/s.png --prompt ''", "empty request"),
     ("sample --ldm {text} --out {tmp}/s.png --prompt 'zebra quantum'", "unknown word(s) 'zebra', 'quantum'"),
     ("sample --ldm {text} --out {tmp}/s.png --prompt 'smiling' --guidance -1", "guidance must be 0 or more"),
@@ -72,7 +72,7 @@ CASES = [
     ("sample --ldm {inpaint} --out {tmp}/s.png", "needs --inpaint IMAGE"),
     ("sample --ldm {inpaint} --out {tmp}/s.png --inpaint {tmp}/none.png", "no such file"),
     ("sample --ldm {inpaint} --out {tmp}/s.png --inpaint {file}", "cannot read"),
-    ("sample --ldm {inpaint} --out {tmp}/s.png --inpaint {face} --mask {small_mask}", "give a mask of the image's size"),
+    ("sample --ldm {inpaint} --out {tmp}/s.png --inpaint {face} --mask {small_mask}", "a mask of the image's size"),
     ("sample --ldm {ldm} --out {readonly}/s.png", "cannot write in"),
     # evaluate
     ("evaluate --ae {ae} --n 0", "expected a positive integer"),
@@ -175,6 +175,7 @@ def test_a_full_disk_while_saving_gives_one_line_and_keeps_the_last_checkpoint(p
     monkeypatch.setattr(ckpt, "save_file", disk_full)
     code, err = run(["train-ae", "--profile", "tiny", "--n", "32", "--steps", "4", "--out", str(run_dir)], capsys)
     lines = visible_lines(err)
-    assert code == 1 and lines[-1].startswith("minildm: error: cannot write ") and "No space left on device" in lines[-1]
+    assert code == 1 and lines[-1].startswith("minildm: error: cannot write ")
+    assert "No space left on device" in lines[-1]
     assert {name: (run_dir / name).read_bytes() for name in kept} == kept
     assert list(run_dir.glob(".*.tmp")) == []

@@ -30,7 +30,8 @@ def requirement(text: str) -> tuple[str, str]:
 
 def test_environment_yml_declares_the_same_dependencies_as_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pip_side = [*project["dependencies"], *project["optional-dependencies"]["dev"], *project["optional-dependencies"]["lab"]]
+    extras = project["optional-dependencies"]
+    pip_side = [*project["dependencies"], *extras["dev"], *extras["lab"]]
     environment = yaml.safe_load((ROOT / "environment.yml").read_text())
     conda_side = [d for d in environment["dependencies"] if isinstance(d, str)]
     conda_side = [d for d in conda_side if not d.startswith(("python=", "pip"))]
