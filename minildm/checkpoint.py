@@ -3,7 +3,8 @@
 A training checkpoint is one safetensors file: the tensors of every model, optimiser
 state and random-number generator, with the rest (step, hyperparameters, loss history)
 as JSON in the file's metadata. One file means one atomic rename, so a crash while
-saving leaves the previous checkpoint whole.
+saving leaves the previous checkpoint whole. Every file is stamped with the minildm version
+and file format that wrote it; a file from a newer format is refused in one line.
 """
 
 from __future__ import annotations
@@ -16,11 +17,16 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from minildm import __version__
 from minildm.config import MinildmError
 
 
+FILE_FORMAT = 1  # raised when a file of this minildm could not be read by an older one
+WRITER = f"minildm {__version__}, file format {FILE_FORMAT}"
+
+
 class CheckpointError(MinildmError):
-    """A checkpoint that is missing, damaged or made for another configuration."""
+    """A checkpoint that is missing, damaged, made for another configuration or by a newer minildm."""
 
 
 def save_atomic(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> Path:
@@ -30,6 +36,7 @@ def save_atomic(tensors: dict[str, torch.Tensor], path: str | Path, metadata: di
     remove_stale_temporaries(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     text_metadata = {key: json.dumps(value) for key, value in (metadata or {}).items()}
+    text_metadata["written_by"] = json.dumps({"minildm": __version__, "format": FILE_FORMAT})
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(temporary),
                   metadata=text_metadata)
@@ -73,6 +80,12 @@ def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             metadata = {key: json.loads(value) for key, value in (handle.metadata() or {}).items()}
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"{path} is damaged ({error})") from None
+    writer = metadata.pop("written_by", {"minildm": "0.1.0", "format": 1})  # files from before the stamp
+    if not isinstance(writer, dict) or not isinstance(writer.get("format"), int):
+        raise CheckpointError(f"{path} is damaged (its written_by stamp is {writer!r})")
+    if writer["format"] > FILE_FORMAT:
+        raise CheckpointError(f"{path} was written by minildm {writer.get('minildm')} in file format "
+                              f"{writer['format']}; this is {WRITER}: upgrade minildm to read it")
     return tensors, metadata
 
 

@@ -39,8 +39,8 @@ from minildm.unet import forward_flops, parameter_count
 from minildm.viz import save_grid
 
 
-ACCUMULATE_HELP = ("micro-batches per step, their gradients summed (default 1); the learning rate scales with "
-                   "the global batch. Under torchrun, N processes are the same run as --accumulate N")
+ACCUMULATE_HELP = ("micro-batches per step, their gradients summed (default 1; the learning rate is not scaled). "
+                   "Under torchrun, N processes are the same run as --accumulate N")
 
 
 def main(argv: list[str] | None = None) -> int:

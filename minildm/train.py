@@ -133,10 +133,10 @@ class Trainer:
         self.saved_step: int | None = None  # step of the checkpoint on disk, if any
         self.saved_at = time.monotonic()
         self.history: list[dict[str, float]] = []
-        self._stop_requested = False
-        for optimizer in optimizers.values():  # linear scaling with the global batch, as the LDM code does
+        self.stop_requested = False
+        for optimizer in optimizers.values():
             for group in optimizer.param_groups:
-                group.setdefault("initial_lr", group["lr"] * self.micro_batches)
+                group.setdefault("initial_lr", group["lr"])
 
     @property
     def micro_batches(self) -> int:
@@ -160,18 +160,15 @@ class Trainer:
             self.load_checkpoint()
         show = self.progress and self.world.is_main
         if show:
-            config = self.config
-            print(f"batch: {config.batch_size} per device x {self.world.size} device(s) x {config.accumulate} "
-                  f"accumulated = {config.batch_size * self.micro_batches} images per step; learning rate x "
-                  f"{self.micro_batches} (scaled with the global batch)")
+            print(batch_summary(self.config, self.world))
         with tqdm(total=self.config.steps, initial=self.step, desc="training", disable=not show) as bar, \
-                self._ctrl_c_finishes_the_step():  # the bar is closed before any error is printed
+                ctrl_c_finishes_the_step(self):  # the bar is closed before any error is printed
             while self.step < self.config.steps:
                 logs = self.train_step()
                 bar.update()
                 bar.set_postfix({k: f"{v:.4g}" for k, v in list(logs.items())[:4]})
                 self._after_step()
-                if distributed.any_rank(self._stop_requested, self.device):  # every process stops together
+                if distributed.any_rank(self.stop_requested, self.device):  # every process stops together
                     self.save_checkpoint()
                     raise KeyboardInterrupt(f"interrupted: saved step {self.step} to {self.checkpoint_path}")
         self.save_checkpoint()
@@ -286,24 +283,33 @@ class Trainer:
     def _averages(self) -> dict[str, nn.Module]:
         return {name: ema.module for name, ema in self.ema.items()}
 
-    @contextlib.contextmanager
-    def _ctrl_c_finishes_the_step(self):
-        """While training, a first Ctrl-C asks the loop to save and stop after the current
-        step; a second one stops at once."""
 
-        def request_stop(signum, frame):
-            if self._stop_requested:
-                raise KeyboardInterrupt
-            self._stop_requested = True
+@contextlib.contextmanager
+def ctrl_c_finishes_the_step(trainer: Trainer):
+    """While training, a first Ctrl-C asks the trainer to save and stop after the current
+    step; a second one stops at once."""
 
-        in_main_thread = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, request_stop) if in_main_thread else None
-        try:
-            yield
-        finally:
-            if in_main_thread:
-                signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
-            self._stop_requested = False
+    def request_stop(signum, frame):
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.stop_requested = True
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, request_stop) if in_main_thread else None
+    try:
+        yield
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+        trainer.stop_requested = False
+
+
+def batch_summary(config: TrainConfig, world: distributed.World) -> str:
+    """The global batch, and what happens to the learning rate (printed when training starts)."""
+    total = config.batch_size * world.size * config.accumulate
+    return (f"batch: {config.batch_size} per device x {world.size} device(s) x {config.accumulate} accumulated = "
+            f"{total} images per step; learning rate as the profile sets it, not scaled with the global batch "
+            f"(the LDM code's scale_lr would multiply it by {world.size * config.accumulate})")
 
 
 def smoothed(history: list[dict[str, float]], key: str, window: int = 50) -> list[float]:

@@ -160,3 +160,35 @@ def test_two_processes_with_the_same_seed_give_the_same_weights_samples_and_metr
         metrics.append(json.loads(result.stdout))
     assert grids[0] == grids[1]
     assert metrics[0] == metrics[1] and metrics[0]["psnr"] > 0
+
+
+def test_a_damaged_tampered_foreign_or_newer_checkpoint_gives_one_line(references, tmp_path):
+    """``evaluate --ae`` on a copy of the reference autoencoder whose weights file was changed."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    folder, ae, _ = references
+    weights = tensors(ae / "weights.safetensors")
+    cases = {
+        "truncated": lambda path: path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]),
+        "tampered header": lambda path: path.write_bytes(b"\xff" * 8 + path.read_bytes()[8:]),
+        "another configuration": lambda path: save_file(
+            {**weights, "autoencoder.encoder.conv_in.weight": torch.zeros(3, 3, 3, 3)}, str(path)),
+        "a newer minildm": lambda path: save_file(weights, str(path), metadata={
+            "written_by": json.dumps({"minildm": "9.0.0", "format": 99})}),
+    }
+    messages = {"truncated": "is damaged", "tampered header": "is damaged",
+                "another configuration": "was made with a different configuration: "
+                                         "encoder.conv_in.weight has shape (3, 3, 3, 3) there",
+                "a newer minildm": "was written by minildm 9.0.0 in file format 99; this is minildm"}
+    for case, change in cases.items():
+        run = tmp_path / case.replace(" ", "-")
+        shutil.copytree(ae, run)
+        change(run / "weights.safetensors")
+        result = minildm("evaluate", "--ae", run, *TINY, tmp_path=folder)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1, (case, result.stderr)
+        assert lines[0].startswith("minildm: error: ") and messages[case] in lines[0], (case, lines[0])
+    stamp = ckpt.load(ae / "weights.safetensors")[1]
+    assert "written_by" not in stamp and set(stamp) >= {"step"}  # the stamp is checked, then set aside
