@@ -36,7 +36,7 @@ from torch import nn
 
 from minildm.autoencoder import CHANNEL_MULTIPLIERS, Autoencoder, AutoencoderConfig, build_autoencoder
 from minildm.interop.layers import InteropError, Link, copy_from_diffusers, copy_to_diffusers, links_of, \
-    norm_group_counts, require_diffusers
+    one_group_count, require_diffusers
 from minildm.nn import MAX_GROUPS
 
 ENCODER_BLOCK, DECODER_BLOCK = "DownEncoderBlock2D", "UpDecoderBlock2D"
@@ -52,17 +52,13 @@ def diffusers_autoencoder_config(config: AutoencoderConfig, *, scaling_factor: f
     if config.patch_size != 1:
         raise InteropError(f"the autoencoder folds {config.patch_size}x{config.patch_size} pixel patches into "
                            f"channels (patch_size); diffusers' autoencoders cannot")
-    with torch.device("meta"):  # the layers' shapes without memory or compute
-        groups = norm_group_counts(build_autoencoder(config))
-    if len(groups) > 1:
-        raise InteropError(f"the autoencoder's GroupNorm layers have {sorted(groups)} groups (gcd(32, channels) "
-                           f"each); diffusers' take one count for all: use base channels that are a multiple of 32")
+    groups = one_group_count(lambda: build_autoencoder(config), "the autoencoder's", "diffusers' take")
     levels = len(config.channel_multipliers)
     shared = dict(in_channels=config.image_channels, out_channels=config.image_channels,
                   down_block_types=(ENCODER_BLOCK,) * levels, up_block_types=(DECODER_BLOCK,) * levels,
                   block_out_channels=tuple(config.base_channels * m for m in config.channel_multipliers),
                   layers_per_block=config.res_blocks, act_fn="silu", latent_channels=config.latent_channels,
-                  norm_num_groups=groups.pop(), sample_size=sample_size, scaling_factor=scaling_factor,
+                  norm_num_groups=groups, sample_size=sample_size, scaling_factor=scaling_factor,
                   mid_block_add_attention=config.attention)
     if config.reg == "kl":
         return {**shared, "use_quant_conv": False, "use_post_quant_conv": False}

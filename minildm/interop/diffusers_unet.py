@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import nn
 
 from minildm.interop.layers import InteropError, Link, copy_from_diffusers, copy_to_diffusers, links_of, \
-    norm_group_counts, require_diffusers
+    one_group_count, require_diffusers
 from minildm.nn import MAX_GROUPS
 from minildm.unet import UNet, UNetConfig
 
@@ -39,11 +38,7 @@ def check_unet_exportable(config: UNetConfig) -> None:
     if narrow:
         raise InteropError(f"minildm narrows attention heads below head_channels {config.head_channels} at "
                            f"{narrow[0]} channels; UNet2DModel cannot")
-    with torch.device("meta"):  # the layers' shapes without memory or compute
-        groups = norm_group_counts(UNet(config))
-    if len(groups) > 1:
-        raise InteropError(f"the UNet's GroupNorm layers have {sorted(groups)} groups (gcd(32, channels) each); "
-                           f"UNet2DModel takes one count for all: use base channels that are a multiple of 32")
+    one_group_count(lambda: UNet(config), "the UNet's", "UNet2DModel takes")
 
 
 def diffusers_unet_config(config: UNetConfig, *, sample_size: int | None = None) -> dict:

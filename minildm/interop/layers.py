@@ -18,6 +18,7 @@ A pair of layers gives *links*, ``(our tensor, their tensors)``:
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -139,8 +140,15 @@ def copy_from_diffusers(links: list[Link]) -> None:
         our_tensor.copy_(torch.cat([t.flatten() for t in their_tensors]).view_as(our_tensor))
 
 
-def norm_group_counts(module: nn.Module) -> set[int]:
-    """The group counts of all GroupNorm layers in ``module``. minildm gives each layer
-    gcd(32, channels) groups (:func:`minildm.nn.normalization`); diffusers' models take one
-    ``norm_num_groups`` for every layer, so a model exchanges exactly only when this is one number."""
-    return {layer.num_groups for layer in module.modules() if isinstance(layer, nn.GroupNorm)}
+def one_group_count(build: Callable[[], nn.Module], what: str, theirs: str) -> int:
+    """The one group count of a model's GroupNorm layers; a model whose layers have different
+    counts is refused in one line. minildm gives each layer gcd(32, channels) groups
+    (:func:`minildm.nn.normalization`); diffusers' models (``theirs``) take one ``norm_num_groups``
+    for every layer. ``build`` makes the model on the meta device: shapes without memory or compute."""
+    with torch.device("meta"):
+        module = build()
+    groups = {layer.num_groups for layer in module.modules() if isinstance(layer, nn.GroupNorm)}
+    if len(groups) > 1:
+        raise InteropError(f"{what} GroupNorm layers have {sorted(groups)} groups (gcd(32, channels) each); "
+                           f"{theirs} one count for all: use base channels that are a multiple of 32")
+    return groups.pop()
