@@ -95,6 +95,12 @@ def load_faces(resolution: int, n: int, n_held_out: int, *, progress: bool = Fal
             reasons.append(str(error) if kind == "hub" else f"{dataset} could not be read: {error}")
     why = "; ".join(reasons)
     print(f"using toy faces: {why}")
+    return toy_faces(resolution, n, n_held_out, progress=progress, cache_dir=cache_dir, why=why)
+
+
+def toy_faces(resolution: int, n: int, n_held_out: int, *, progress: bool = False,
+              cache_dir: str | Path | None = None, why: str | None = None) -> Faces:
+    """``n`` toy faces for training and the ``n_held_out`` after them."""
     train = load_images("toyfaces", resolution, n, progress=progress, cache_dir=cache_dir)
     held_out = load_images("toyfaces", resolution, n_held_out, start=n, progress=progress, cache_dir=cache_dir)
     return Faces("toyfaces", "toyfaces", train, held_out, why=why)
@@ -104,10 +110,7 @@ def course_faces(profile) -> Faces:
     """The faces a profile's notebooks train on: toy faces for ``tiny`` and ``cpu``; real faces
     (:func:`load_faces`) for a profile whose data set is CelebA-HQ, such as ``gpu``."""
     if profile.dataset == "toyfaces":
-        train = load_images("toyfaces", profile.resolution, profile.n_images, progress=False)
-        held_out = load_images("toyfaces", profile.resolution, profile.n_holdout, start=profile.n_images,
-                               progress=False)
-        return Faces("toyfaces", "toyfaces", train, held_out)
+        return toy_faces(profile.resolution, profile.n_images, profile.n_holdout)
     return load_faces(profile.resolution, profile.n_images, profile.n_holdout)
 
 
