@@ -158,6 +158,7 @@ class Trainer:
             ckpt.write_run_config(self.run_dir, self.run_config)
         if resume and self.checkpoint_path.exists():
             self.load_checkpoint()
+        first_step = self.step
         show = self.progress and self.world.is_main
         if show:
             print(batch_summary(self.config, self.world))
@@ -171,7 +172,8 @@ class Trainer:
                 if distributed.any_rank(self.stop_requested, self.device):  # every process stops together
                     self.save_checkpoint()
                     raise KeyboardInterrupt(f"interrupted: saved step {self.step} to {self.checkpoint_path}")
-        self.save_checkpoint()
+        if self.step > first_step or not self.checkpoint_path.exists():  # a finished run's files stay untouched
+            self.save_checkpoint()
         return self.history
 
     def train_step(self) -> dict[str, float]:
