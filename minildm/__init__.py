@@ -35,7 +35,8 @@ The model, trained:
 - :mod:`~minildm.cli`: the command line, ``python -m minildm COMMAND``; :mod:`~minildm.options`: what
   its modules share (common options, argument types)
 - :mod:`~minildm.setup_cell`: every notebook's first cell (makes ``import minildm`` work on Colab
-  and in a fresh kernel); :mod:`~minildm.notebook_setup` writes it into the notebooks
+  and in a fresh kernel); :mod:`~minildm.notebook_setup` writes it into the notebooks, and
+  :mod:`~minildm.provenance` prints what it reports: profile, device and preset fingerprints
 - :mod:`~minildm.viz`: image grids
 
 What a first reading can skip lives in three subpackages:
@@ -47,6 +48,7 @@ What a first reading can skip lives in three subpackages:
   first source that works: a local folder, the hub, else toy faces);
 - :mod:`minildm.evaluation`: :mod:`~minildm.evaluation.metrics` (PSNR, SSIM, FID, KID; 05, 09),
   :mod:`~minildm.evaluation.judge` (a classifier that reads toy-face attributes off samples; 07),
+  :mod:`~minildm.evaluation.agreement` (raw and balanced agreement with a request; 07),
   :mod:`~minildm.evaluation.scores` (the score of each kind of model; 01, 05, 07, 08),
   :mod:`~minildm.evaluation.bench` (pixel against latent cost, the paper's claim; 09);
 - :mod:`minildm.interop`: models to and from Hugging Face diffusers (export an LDM, import an

@@ -191,14 +191,6 @@ def default_profile_name() -> str:
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
-def setup_summary() -> str:
-    """One line for a notebook's first cell: the version, the profile and the device."""
-    from minildm import __version__
-
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
-    return f"minildm {__version__} (torch {torch.__version__}); profile {default_profile_name()!r} on {device}"
-
-
 def get_profile(name: str | None = None) -> Profile:
     """Return the profile called ``name`` (default: :func:`default_profile_name`)."""
     name = name or default_profile_name()

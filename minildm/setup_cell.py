@@ -39,6 +39,6 @@ except ModuleNotFoundError:
 if importlib.util.find_spec("minildm") is None:
     print(f"minildm is not installed: run `pip install git+{REPOSITORY}`, or open the notebook from a checkout")
 else:
-    from minildm.config import setup_summary
+    from minildm.provenance import setup_summary
 
     print(setup_summary())

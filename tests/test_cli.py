@@ -9,8 +9,10 @@ import sys
 import pytest
 from PIL import Image
 
+from minildm import cli
 from minildm.cli import main
 from minildm.config import data_dir
+from minildm.evaluation.judge import OUTPUTS, AttributeClassifier, ToyFaceJudge
 
 
 def run_minildm(*args, tmp_path, timeout=120, **env):
@@ -150,7 +152,7 @@ def test_a_folder_smaller_than_the_profile_keeps_a_held_out_tenth_for_evaluate(t
     assert not (tmp_path / "x").exists()
 
 
-def test_conditional_models_from_the_command_line(tmp_path, capsys):
+def test_conditional_models_from_the_command_line(tmp_path, capsys, monkeypatch):
     """Attribute, text, inpainting and super-resolution models: train, sample, evaluate, and
     the one-line errors of their options (in-process, for speed)."""
     common = ("--profile", "tiny")
@@ -179,6 +181,20 @@ def test_conditional_models_from_the_command_line(tmp_path, capsys):
     assert main(["evaluate", *common, "--ldm", str(tmp_path / "superres"), "--n", "8"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["n_images"] == 8 and metrics["factor"] == 4 and "psnr_bicubic" in metrics
+
+    untrained = ToyFaceJudge(AttributeClassifier(len(OUTPUTS)), {})  # reads something: training it takes a minute
+    monkeypatch.setattr(cli, "load_judge", lambda: untrained)
+    assert main(["evaluate", *common, "--ldm", str(tmp_path / "attributes"), "--n", "32"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["n_samples"] == 32 and metrics["pairs"] == 320
+    for key in ("accuracy", "balanced_agreement", "balanced_agreement_shuffled", "judge_balanced_accuracy_on_real"):
+        assert 0 <= metrics[key] <= 1, key
+    rates = metrics["per_attribute_rates"]
+    for row in rates.values():
+        assert row["asked_on"] + row["asked_off"] == 32
+        assert ("true_positive_rate" in row) == (row["asked_on"] > 0 and row["asked_off"] > 0)
+    assert any("true_negative_rate" in row for row in rates.values())
+    assert set(metrics["judge_per_attribute_on_real"]) == set(rates)
 
     for args, message in [
         (("sample", "--ldm", str(tmp_path / "text"), "--prompt", "a purple face"), "unknown word(s) 'purple'"),

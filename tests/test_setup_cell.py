@@ -22,7 +22,8 @@ from minildm import notebook_setup
 from minildm.config import checkout_root
 
 ROOT = checkout_root()
-SUMMARY = re.compile(r"^minildm \d+\.\d+\.\d+ \(torch [^)]+\); profile '\w+' on .+$")
+SUMMARY = re.compile(r"minildm \d+\.\d+\.\d+ \(torch [^)]+\); profile '\w+' on .+\n"
+                     r"presets: data [0-9a-f]{8}, autoencoder [0-9a-f]{8}, ldm [0-9a-f]{8}, judge [0-9a-f]{8}$")
 
 
 def run_cell(python: Path, cwd: Path, **env: str) -> subprocess.CompletedProcess:
@@ -102,15 +103,14 @@ def test_a_student_copy_clones_the_repository_it_is_published_in(tmp_path, capsy
 def test_where_minildm_imports_it_says_version_profile_and_device():
     result = run_cell(Path(sys.executable), ROOT / "notebooks", MINILDM_PROFILE="tiny")
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert len(lines) == 1 and SUMMARY.match(lines[0]) and "profile 'tiny' on CPU" in lines[0]
+    assert SUMMARY.fullmatch(result.stdout.strip()) and "profile 'tiny' on CPU" in result.stdout
 
 
 def test_in_a_checkout_it_installs_the_checkout_and_keeps_torch(kernel, tmp_path):
     checkout = copy_checkout(tmp_path / "checkout")
     result = run_cell(kernel, checkout / "notebooks")
     assert result.returncode == 0, result.stderr
-    assert SUMMARY.match(result.stdout.splitlines()[-1])
+    assert SUMMARY.fullmatch("\n".join(result.stdout.splitlines()[-2:]))
     minildm_file, torch_file = imports_minildm(kernel).splitlines()
     assert Path(minildm_file).is_relative_to(checkout)  # editable: the checkout itself
     assert Path(torch_file).is_relative_to(sysconfig.get_paths()["purelib"])  # the runtime's torch, untouched
@@ -126,7 +126,7 @@ def test_on_a_fresh_colab_runtime_it_clones_the_repository_and_installs_it(kerne
     content.mkdir()
     result = run_cell(kernel, content, COLAB_RELEASE_TAG="test", MINILDM_REPOSITORY=str(origin))
     assert result.returncode == 0, result.stderr
-    assert SUMMARY.match(result.stdout.splitlines()[-1])
+    assert SUMMARY.fullmatch("\n".join(result.stdout.splitlines()[-2:]))
     assert (content / "minildm" / "notebooks" / "05_train_ldm.ipynb").is_file()
     minildm_file, torch_file = imports_minildm(kernel).splitlines()
     assert Path(minildm_file).is_relative_to(content / "minildm")

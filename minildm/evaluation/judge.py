@@ -28,6 +28,7 @@ from minildm import checkpoint as ckpt
 from minildm.config import MinildmError, data_dir
 from minildm.data import toyfaces
 from minildm.data.images import float_to_uint8, uint8_to_float
+from minildm.evaluation.agreement import agreement_report
 
 INPUT_SIZE = 32  # the classifier resizes every image to this side
 OUTPUTS = (*toyfaces.ATTRIBUTES, "face")  # the judge's outputs, in order
@@ -188,12 +189,12 @@ class ToyFaceJudge:
         return _in_batches(self.classifier.features, images)
 
     def agreement(self, images: Tensor, requested: Tensor, columns: Sequence[int | str] | None = None,
-                  mask: Tensor | None = None) -> dict:
+                  mask: Tensor | None = None, seed: int = 0) -> dict:
         """How often the judge sees what was requested: ``requested`` is bool (N, 10), or (N, k)
         for the attributes named or indexed in ``columns``; ``mask`` (its shape) marks the
-        (image, attribute) pairs to score (default: all). Returns "accuracy" (fraction of scored
-        pairs where prediction == request), "per_attribute" (the same for each attribute with a
-        scored pair), "face_rate" (fraction of all images judged faces) and "pairs" (scored)."""
+        (image, attribute) pairs to score (default: all). Returns the raw and balanced
+        agreement with the shuffled baseline (:func:`minildm.evaluation.agreement.agreement_report`),
+        "face_rate" (fraction of all images judged faces) and "pairs" (scored)."""
         columns = range(len(toyfaces.ATTRIBUTES)) if columns is None else columns
         indices = [_attribute_index(column) for column in columns]
         requested = torch.as_tensor(requested).bool()
@@ -204,11 +205,9 @@ class ToyFaceJudge:
         if scored.shape != requested.shape:
             raise MinildmError(f"expected a mask of shape {tuple(requested.shape)}, got {tuple(scored.shape)}")
         attributes, is_face = self.predict(images)
-        matches = (attributes[:, indices] == requested) & scored  # (N, k)
-        per_attribute = {toyfaces.ATTRIBUTES[i]: (matches[:, j].sum() / scored[:, j].sum()).item()
-                         for j, i in enumerate(indices) if scored[:, j].any()}
-        return {"accuracy": (matches.sum() / scored.sum()).item(), "per_attribute": per_attribute,
-                "face_rate": is_face.float().mean().item(), "pairs": int(scored.sum())}
+        names = [toyfaces.ATTRIBUTES[i] for i in indices]
+        report = agreement_report(attributes[:, indices], requested, names, scored, seed=seed)
+        return {**report, "face_rate": is_face.float().mean().item()}
 
 
 def _attribute_index(column: int | str) -> int:

@@ -5,7 +5,9 @@
   (and any other feature extractor, e.g. the toy-face judge's).
 - Token conditions (class, attributes, text): sample once per held-out condition and let a
   classifier (the toy-face judge, :mod:`minildm.evaluation.judge`) read the attributes back; report how
-  often it agrees with the request, per attribute and overall.
+  often it agrees with the request, raw and balanced, per attribute and overall, next to the
+  same samples against shuffled requests and the judge's own score on the real held-out
+  images (:mod:`minildm.evaluation.agreement`).
 - Inpainting: PSNR in the known region of the raw decoder output (does the model respect
   the context?), PSNR of the filled region against the truth next to a mean-colour fill,
   and how many completed images the judge calls faces.
@@ -103,8 +105,14 @@ def evaluate_conditional(model: LatentDiffusion, held_out: ImageDataset, judge: 
         raise MinildmError("conditional samples are scored by the toy-face judge, so only toy-face models; "
                            "notebook 07 scores CelebA attributes with a classifier trained on CelebA")
     conditions = condition_tensor(model.config.conditioning, held_out)
-    return judge_token_model(model, judge, conditions=conditions, attributes=held_out.attributes,
-                             resolution=held_out.resolution, guidance=DEFAULT_GUIDANCE, seed=seed)
+    result = judge_token_model(model, judge, conditions=conditions, attributes=held_out.attributes,
+                               resolution=held_out.resolution, guidance=DEFAULT_GUIDANCE, seed=seed)
+    on_real = judge.agreement(held_out.images(), held_out.attributes,
+                              mask=scored_attributes(model.kind, held_out.attributes))
+    result["judge_balanced_accuracy_on_real"] = on_real["balanced_agreement"]
+    result["judge_per_attribute_on_real"] = {name: row.get("balanced", row["agreement"])
+                                             for name, row in on_real["per_attribute_rates"].items()}
+    return result
 
 
 def mentioned_attributes(attributes: Tensor) -> Tensor:
@@ -135,14 +143,21 @@ def judge_token_model(model: LatentDiffusion, judge: ToyFaceJudge, *, conditions
     (:func:`mentioned_attributes`), for an attribute model all of them.
     """
     samples = sample_in_batches(model, conditions, resolution=resolution, guidance=guidance, steps=steps, seed=seed)
-    scored = torch.ones_like(attributes, dtype=torch.bool)
-    if model.kind == "class":
-        scored[:, len(toyfaces.HAIR_OPTIONS):] = False
-    elif model.kind == "text":
-        scored = mentioned_attributes(attributes)
-    result = judge.agreement(samples, attributes, mask=scored)
+    result = judge.agreement(samples, attributes, mask=scored_attributes(model.kind, attributes), seed=seed)
     result.update({"n_samples": len(samples), "guidance": guidance, "sampler": f"DDIM {steps} steps, eta 0"})
     return result
+
+
+def scored_attributes(kind: str, attributes: Tensor) -> Tensor:
+    """Which (sample, attribute) pairs a model of this kind is scored on, bool (N, 10): the hair
+    options for a class model, what the captions name for a text model, all for an attribute model."""
+    if kind == "class":
+        scored = torch.zeros_like(attributes, dtype=torch.bool)
+        scored[:, :len(toyfaces.HAIR_OPTIONS)] = True
+        return scored
+    if kind == "text":
+        return mentioned_attributes(attributes)
+    return torch.ones_like(attributes, dtype=torch.bool)
 
 
 @torch.no_grad()
