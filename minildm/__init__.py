@@ -4,7 +4,7 @@ Read the core in this order; each module is one idea, and the notebook in bracke
 
 Stage 1, perceptual compression (Sec. 3.1):
 
-- :mod:`~minildm.nn`: the blocks every network shares: ResBlock, down/upsampling, attention (04)
+- :mod:`~minildm.nn`: the blocks every network shares: ResBlock, down/upsampling, attention, gradient checkpointing (04)
 - :mod:`~minildm.attention`: multi-head attention, cross-attention, the spatial transformer (07)
 - :mod:`~minildm.regularizers`: the KL (reparameterised Gaussian) and VQ (codebook) latents (01, 02)
 - :mod:`~minildm.autoencoder`: encoder E, decoder D, the latent scale factor (01, 02)

@@ -31,7 +31,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from minildm.config import SavedConfig
-from minildm.nn import DOWNSAMPLE_PADDINGS, Downsample, ResBlock, SelfAttention2d, Upsample, normalization
+from minildm.nn import (DOWNSAMPLE_PADDINGS, Downsample, ResBlock, SelfAttention2d, Upsample, checkpointed,
+                        normalization)
 from minildm.regularizers import DiagonalGaussian, VectorQuantizer
 
 # Channel multiplier per resolution level; one downsampling between consecutive levels.
@@ -124,11 +125,16 @@ class AutoencoderConfig(SavedConfig):
 
 
 class Encoder(nn.Module):
-    """Image (B, image_channels, H, W) -> features (B, out_channels, H/f, W/f)."""
+    """Image (B, image_channels, H, W) -> features (B, out_channels, H/f, W/f).
+
+    ``gradient_checkpointing`` (not part of the config) runs each layer of ``down`` and the
+    middle block through :func:`minildm.nn.checkpointed`.
+    """
 
     def __init__(self, config: AutoencoderConfig, out_channels: int) -> None:
         super().__init__()
         self.patch_size = config.patch_size
+        self.gradient_checkpointing = False
         widths = [config.base_channels * m for m in config.channel_multipliers]
         self.conv_in = nn.Conv2d(config.folded_channels, widths[0], 3, padding=1)
         layers: list[nn.Module] = []
@@ -147,16 +153,23 @@ class Encoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         p = self.patch_size
         x = rearrange(x, "b c (h p) (w q) -> b (c p q) h w", p=p, q=p)  # (B, 3p^2, H/p, W/p)
-        h = self.mid(self.down(self.conv_in(x)))  # (B, widths[-1], H/f, W/f)
+        h = self.conv_in(x)  # (B, base_channels, H/p, W/p)
+        for layer in self.down:  # down to (B, widths[-1], H/f, W/f)
+            h = checkpointed(layer, h, enabled=self.gradient_checkpointing)
+        h = checkpointed(self.mid, h, enabled=self.gradient_checkpointing)  # (B, widths[-1], H/f, W/f)
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
 class Decoder(nn.Module):
-    """Latent (B, latent_channels, h, w) -> image (B, image_channels, f*h, f*w)."""
+    """Latent (B, latent_channels, h, w) -> image (B, image_channels, f*h, f*w).
+
+    ``gradient_checkpointing`` as in :class:`Encoder`, for the middle block and ``up``.
+    """
 
     def __init__(self, config: AutoencoderConfig) -> None:
         super().__init__()
         self.patch_size = config.patch_size
+        self.gradient_checkpointing = False
         widths = [config.base_channels * m for m in config.channel_multipliers]
         channels = widths[-1]
         self.conv_in = nn.Conv2d(config.latent_channels, channels, 3, padding=1)
@@ -173,7 +186,9 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(channels, config.folded_channels, 3, padding=1)
 
     def forward(self, z: Tensor) -> Tensor:
-        h = self.up(self.mid(self.conv_in(z)))  # (B, base_channels, H/p, W/p)
+        h = checkpointed(self.mid, self.conv_in(z), enabled=self.gradient_checkpointing)  # (B, widths[-1], h, w)
+        for layer in self.up:  # up to (B, base_channels, H/p, W/p)
+            h = checkpointed(layer, h, enabled=self.gradient_checkpointing)
         folded = self.conv_out(F.silu(self.norm_out(h)))  # (B, 3p^2, H/p, W/p)
         p = self.patch_size
         return rearrange(folded, "b (c p q) h w -> b c (h p) (w q)", p=p, q=p)

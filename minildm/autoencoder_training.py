@@ -17,6 +17,7 @@ from minildm.autoencoder import Autoencoder, AutoencoderConfig, build_autoencode
 from minildm.config import Profile
 from minildm.data import random_flip
 from minildm.data.images import uint8_to_float
+from minildm.nn import set_gradient_checkpointing
 from minildm.train import TrainConfig, Trainer
 
 RUN_CONFIG_KEYS = ("stage", "autoencoder", "loss", "learning_rate", "data")  # an autoencoder run's config.json
@@ -36,7 +37,8 @@ def autoencoder_config(profile: Profile, *, factor: int = 4, reg: str = "kl",
 
 def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, *, config: AutoencoderConfig, profile: Profile,
                       steps: int | None = None, seed: int = 0, perceptual: losses.PerceptualLoss | None = None,
-                      data_description: dict | None = None, progress: bool = True, accumulate: int = 1) -> Autoencoder:
+                      data_description: dict | None = None, progress: bool = True, accumulate: int = 1,
+                      gradient_checkpointing: bool = False) -> Autoencoder:
     """Train (or resume) an autoencoder on uint8 images (N, 3, R, R); returns it with its
     scale factor set (KL: 1 / std of the latents; VQ: 1).
 
@@ -45,12 +47,15 @@ def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, *, config: Auto
     ``disc_start`` on. Two Adam optimisers with betas (0.5, 0.9), as in the paper.
     ``perceptual``: the LPIPS-style network (:func:`minildm.losses.load_perceptual`), or None
     to train without the perceptual term. ``data_description`` records the images in
-    ``config.json`` for the command line.
+    ``config.json`` for the command line. ``gradient_checkpointing`` recomputes activations
+    in the backward pass (:func:`minildm.nn.set_gradient_checkpointing`): less memory, the
+    same weights, about a third more time per step.
     """
     preset = profile.autoencoder
     device = torch.device(profile.device)
     torch.manual_seed(seed)
     autoencoder = build_autoencoder(config).to(device)
+    set_gradient_checkpointing(autoencoder, gradient_checkpointing)
     loss_config = losses.LossConfig.from_autoencoder(config, disc_start=preset.disc_start,
                                                    l2_weight=preset.l2_weight)
     objective = losses.AutoencoderLoss(loss_config, perceptual).to(device)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -31,15 +33,23 @@ class CheckpointError(MinildmError):
 
 def save_atomic(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> Path:
     """Write tensors (and JSON-able metadata) to ``path`` via a temporary file and a rename."""
+    with atomic_write(path) as temporary:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(temporary),
+                  metadata=stamped_metadata(metadata))
+    return Path(path)
+
+
+@contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """A temporary name next to ``path`` for the block to write to; after the block the file is
+    synced to disk and renamed to ``path``. An error in the block deletes the temporary and leaves
+    ``path`` as it was: a crash never leaves half a file under that name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    text_metadata = {key: json.dumps(value) for key, value in (metadata or {}).items()}
-    text_metadata["written_by"] = json.dumps({"minildm": __version__, "format": FILE_FORMAT})
+    temporary = temporary_path(path)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(temporary),
-                  metadata=text_metadata)
+        yield temporary
         with open(temporary, "rb+") as written:
             os.fsync(written.fileno())  # on disk before the rename, so a power cut cannot leave half
         os.replace(temporary, path)
@@ -47,14 +57,27 @@ def save_atomic(tensors: dict[str, torch.Tensor], path: str | Path, metadata: di
         raise CheckpointError(f"cannot write {path}: {error.strerror or error}") from None
     finally:
         temporary.unlink(missing_ok=True)
-    return path
+
+
+def stamped_metadata(metadata: dict | None) -> dict[str, str]:
+    """Metadata as a safetensors header holds it, one JSON text per key, with the ``written_by``
+    stamp that :func:`load` checks."""
+    text_metadata = {key: json.dumps(value) for key, value in (metadata or {}).items()}
+    text_metadata["written_by"] = json.dumps({"minildm": __version__, "format": FILE_FORMAT})
+    return text_metadata
+
+
+def temporary_path(path: Path, part: str = "") -> Path:
+    """``.NAME.PID.tmp`` (or ``.NAME.PART.PID.tmp``) next to ``path``: the name of a file on its
+    way to becoming ``path``, which :func:`remove_stale_temporaries` deletes once its process is gone."""
+    return path.with_name(f".{path.name}.{part + '.' if part else ''}{os.getpid()}.tmp")
 
 
 def remove_stale_temporaries(path: Path) -> None:
     """Delete half-written temporaries of ``path`` left by processes that were killed
     (``kill -9``, the OOM killer): their process id is no longer running."""
     for temporary in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = temporary.name.removeprefix(f".{path.name}.").removesuffix(".tmp")
+        pid = temporary.name.removesuffix(".tmp").rsplit(".", 1)[-1]
         if pid.isdigit() and not _running(int(pid)):
             temporary.unlink(missing_ok=True)
 

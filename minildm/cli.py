@@ -41,6 +41,8 @@ from minildm.viz import save_grid
 
 ACCUMULATE_HELP = ("micro-batches per step, their gradients summed (default 1; the learning rate is not scaled). "
                    "Under torchrun, N processes are the same run as --accumulate N")
+CHECKPOINTING_HELP = ("recompute each block's activations in the backward pass instead of keeping them: "
+                      "less memory for about a third more time per step")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,6 +122,7 @@ def add_train_ae(commands) -> None:
     parser.add_argument("--reg", default="kl", choices=["kl", "vq"], help="latent regularisation")
     parser.add_argument("--steps", type=positive_integer, help="training steps (default: the profile's)")
     parser.add_argument("--accumulate", type=positive_integer, default=1, help=ACCUMULATE_HELP)
+    parser.add_argument("--gradient-checkpointing", action="store_true", help=CHECKPOINTING_HELP)
     parser.add_argument("--base-channels", type=positive_integer,
                         help="channels at full resolution (default: the profile's); fewer make a higher "
                              "resolution affordable")
@@ -146,7 +149,8 @@ def run_train_ae(args: argparse.Namespace, profile: Profile) -> None:
     started = time.perf_counter()
     autoencoder = train_autoencoder(args.out, train.pixels, config=config, profile=profile, steps=args.steps,
                                     seed=args.seed, perceptual=losses.load_perceptual(),
-                                    data_description=description, accumulate=args.accumulate)
+                                    data_description=description, accumulate=args.accumulate,
+                                    gradient_checkpointing=args.gradient_checkpointing)
     minutes = (time.perf_counter() - started) / 60
     print(f"trained in {minutes:.1f} min; latent {autoencoder.latent_shape(train.resolution)}, "
           f"scale factor {autoencoder.scale_factor.item():.4f}; run folder {args.out}")
@@ -164,6 +168,7 @@ def add_train_ldm(commands) -> None:
     parser.add_argument("--n", type=positive_integer, help="training images (default: those the autoencoder saw)")
     parser.add_argument("--steps", type=positive_integer, help="training steps (default: the profile's)")
     parser.add_argument("--accumulate", type=positive_integer, default=1, help=ACCUMULATE_HELP)
+    parser.add_argument("--gradient-checkpointing", action="store_true", help=CHECKPOINTING_HELP)
     parser.add_argument("--out", type=output_folder, required=True, help="run folder (resumed if it exists)")
 
 
@@ -183,7 +188,8 @@ def run_train_ldm(args: argparse.Namespace, profile: Profile) -> None:
     started = time.perf_counter()
     model = train_ldm(args.out, train.pixels, autoencoder_dir=args.ae, profile=profile, steps=args.steps,
                       seed=args.seed, conditioning=conditioning, conditions=conditions,
-                      data_description={**seen, "n": len(train)}, accumulate=args.accumulate)
+                      data_description={**seen, "n": len(train)}, accumulate=args.accumulate,
+                      gradient_checkpointing=args.gradient_checkpointing)
     minutes = (time.perf_counter() - started) / 60
     latent_shape = model.latent_shape(train.resolution)
     print(f"trained in {minutes:.1f} min; UNet {parameter_count(model.unet) / 1e6:.2f} M parameters, "

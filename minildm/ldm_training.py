@@ -14,6 +14,7 @@ configuration (``config.json``) and, in ``weights.safetensors``, the EMA weights
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ from minildm.data.images import uint8_to_float
 from minildm.diffusion import DiffusionConfig
 from minildm.image_conditions import downsample, random_masks, superres_condition
 from minildm.ldm import DEFAULT_GUIDANCE, LatentDiffusion, LDMConfig
+from minildm.nn import set_gradient_checkpointing
 from minildm.sampling import ddim_sample
 from minildm.train import TrainConfig, Trainer
 from minildm.unet import UNetConfig
@@ -60,14 +62,25 @@ def cached_latents(run_dir: Path, model: LatentDiffusion, pixels: Tensor) -> Ten
     tensors, metadata = _read_cache(path)
     if metadata.get("n_images") == len(pixels) and metadata.get("scale") == model.scale:
         return tensors["latents"]
-    images = uint8_to_float(pixels)  # (N, 3, R, R)
-    images = torch.cat([images, images.flip(-1)])  # (2N, 3, R, R)
     world = distributed.current()  # under torchrun each process encodes its part
-    part = model.encode(images[distributed.my_rows(len(images), world)]).cpu()
-    latents = distributed.gather_rows(part, len(images), world)  # (2N, c, h, w) on every process
+    rows = range(2 * len(pixels))[distributed.my_rows(2 * len(pixels), world)]
+    part = torch.cat([model.encode(images).cpu() for images in mirrored_batches(pixels, rows)])
+    latents = distributed.gather_rows(part, 2 * len(pixels), world)  # (2N, c, h, w) on every process
     if world.is_main:
         ckpt.save_atomic({"latents": latents}, path, {"n_images": len(pixels), "scale": model.scale})
     return latents
+
+
+def mirrored_batches(pixels: Tensor, rows: range, batch_size: int = 256) -> Iterator[Tensor]:
+    """Rows ``rows`` of the images followed by their mirror images (2N rows in all), as float
+    batches (B, 3, R, R) in [-1, 1]. Only one batch is ever converted to float: a large data
+    set stays uint8, and memory-mapped (:mod:`minildm.data.cache`)."""
+    for start in range(rows.start, rows.stop, batch_size):
+        index = torch.arange(start, min(start + batch_size, rows.stop))  # (B,)
+        images = uint8_to_float(pixels[index % len(pixels)])  # (B, 3, R, R)
+        mirrored = index >= len(pixels)
+        images[mirrored] = images[mirrored].flip(-1)
+        yield images
 
 
 def _read_cache(path: Path) -> tuple[dict[str, Tensor], dict]:
@@ -97,15 +110,15 @@ def training_conditions(run_dir: Path, model: LatentDiffusion, pixels: Tensor, c
     tensors, metadata = _read_cache(path)
     if metadata.get("n_images") == len(pixels) and metadata.get("kind") == model.kind:
         return tensors["conditions"]
-    images = uint8_to_float(pixels)
-    images = torch.cat([images, images.flip(-1)])  # (2N, 3, R, R)
-    if model.kind == "inpaint":
-        masks = random_masks(len(images), images.shape[-1], torch.Generator().manual_seed(seed))
-        result = torch.cat([model.inpainting_condition(batch, mask).cpu()
-                            for batch, mask in zip(images.split(256), masks.split(256))])
-    else:
-        low = downsample(images, model.config.conditioning.superres_factor)
-        result = superres_condition(low, model.latent_shape(images.shape[-1])[1:])
+    generator, resolution = torch.Generator().manual_seed(seed), pixels.shape[-1]
+    parts = []
+    for images in mirrored_batches(pixels, range(2 * len(pixels))):
+        if model.kind == "inpaint":
+            parts.append(model.inpainting_condition(images, random_masks(len(images), resolution, generator)).cpu())
+        else:
+            low = downsample(images, model.config.conditioning.superres_factor)
+            parts.append(superres_condition(low, model.latent_shape(resolution)[1:]))
+    result = torch.cat(parts)  # (2N, ...)
     ckpt.save_atomic({"conditions": result}, path, {"n_images": len(pixels), "kind": model.kind})
     return result
 
@@ -113,7 +126,8 @@ def training_conditions(run_dir: Path, model: LatentDiffusion, pixels: Tensor, c
 def train_ldm(run_dir: str | Path, pixels: Tensor, *, autoencoder_dir: str | Path | None, profile: Profile,
               steps: int | None = None, seed: int = 0, use_scale_factor: bool = True, prediction: str | None = None,
               conditioning: ConditioningConfig | None = None, conditions: Tensor | None = None,
-              data_description: dict | None = None, progress: bool = True, accumulate: int = 1) -> LatentDiffusion:
+              data_description: dict | None = None, progress: bool = True, accumulate: int = 1,
+              gradient_checkpointing: bool = False) -> LatentDiffusion:
     """Train (or resume) a UNet on the latents of uint8 images (N, 3, R, R); returns the model
     with its EMA weights loaded, ready to sample. ``autoencoder_dir`` None trains on the
     pixels themselves (:class:`minildm.autoencoder.PixelSpace`, the paper's LDM-1).
@@ -122,6 +136,9 @@ def train_ldm(run_dir: str | Path, pixels: Tensor, *, autoencoder_dir: str | Pat
     image (:func:`minildm.conditioning.condition_tensor`), concat kinds make theirs from the
     images. AdamW with a short warm-up and a cosine decay; EMA of the weights for sampling.
     ``data_description`` records the images in ``config.json`` for the command line.
+    ``gradient_checkpointing`` recomputes the UNet's activations in the backward pass
+    (:func:`minildm.nn.set_gradient_checkpointing`): less memory, the same weights, about a
+    third more time per step.
     """
     run_dir, preset, device = Path(run_dir), profile.ldm, torch.device(profile.device)
     autoencoder = PixelSpace() if autoencoder_dir is None else load_autoencoder(autoencoder_dir, device)
@@ -137,6 +154,7 @@ def train_ldm(run_dir: str | Path, pixels: Tensor, *, autoencoder_dir: str | Pat
     if train_conditions is not None:
         data["conditions"] = train_conditions
     networks = model.networks()
+    set_gradient_checkpointing(networks, gradient_checkpointing)
     optimizer = torch.optim.AdamW(networks.parameters(), lr=preset.learning_rate, weight_decay=0.0)
 
     def loss_fn(batch, step):

@@ -11,6 +11,9 @@ form DDPM and ADM (Dhariwal & Nichol 2021) gave it:
   through a skip connection (concatenated channels);
 - the output layer starts at zero, so the untrained network predicts zero noise.
 
+``gradient_checkpointing = True`` (:func:`minildm.nn.set_gradient_checkpointing`) recomputes
+each block's activations in the backward pass instead of keeping them (Chen et al. 2016).
+
 With ``context_channels`` set, the attention layers become spatial transformers
 (:mod:`minildm.attention`): self-attention, then cross-attention to ``context`` (B, L, D),
 the token sequence of a conditioning encoder (LDM Sec. 3.3), then a feed-forward layer.
@@ -29,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from minildm.attention import SpatialTransformer
 from minildm.config import SavedConfig
-from minildm.nn import Downsample, ResBlock, SelfAttention2d, Upsample, normalization, zero_module
+from minildm.nn import Downsample, ResBlock, SelfAttention2d, Upsample, checkpointed, normalization, zero_module
 
 
 @dataclass
@@ -98,12 +101,14 @@ class UNet(nn.Module):
     (B,) and, for a conditional UNet, tokens (B, L, D) with a mask (B, L) that is False at
     padding -> (B, C_out, H, W).
 
-    H and W must be multiples of ``2 ** (len(channel_mult) - 1)``.
+    H and W must be multiples of ``2 ** (len(channel_mult) - 1)``. ``gradient_checkpointing``
+    (not part of the config) runs every block through :func:`minildm.nn.checkpointed`.
     """
 
     def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = config
+        self.gradient_checkpointing = False
         base = config.base_channels
         time_channels = 4 * base
         self.time_mlp = nn.Sequential(nn.Linear(base, time_channels), nn.SiLU(),
@@ -166,13 +171,16 @@ class UNet(nn.Module):
             raise ValueError(f"latent side {tuple(x.shape[-2:])} is not a multiple of {self.downsampling}")
         t_emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))  # (B, 4 * base)
         h = self.input_conv(x)  # (B, base, H, W)
+        recompute = self.gradient_checkpointing
         skips = [h]
         for block in self.down:
-            h = block(h, t_emb, context, context_mask)
+            h = checkpointed(block, h, t_emb, context, context_mask, enabled=recompute)
             skips.append(h)
-        h = self.middle(h, t_emb, context, context_mask)  # (B, C_deepest, H / 2^(levels-1), ...)
+        h = checkpointed(self.middle, h, t_emb, context, context_mask,
+                         enabled=recompute)  # (B, C_deepest, H / 2^(levels-1), ...)
         for block in self.up:
-            h = block(torch.cat([h, skips.pop()], dim=1), t_emb, context, context_mask)
+            h = checkpointed(block, torch.cat([h, skips.pop()], dim=1), t_emb, context, context_mask,
+                             enabled=recompute)
         return self.output(h)  # (B, out_channels, H, W)
 
 

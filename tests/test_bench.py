@@ -19,6 +19,7 @@ def test_saved_activations_are_the_tensors_autograd_keeps():
     assert saved_activation_bytes(lambda: (a * b).sum()) == 2 * 1000 * 4  # a * b saves both factors
     assert saved_activation_bytes(lambda: (a + b).sum()) == 0  # a sum needs nothing for its gradient
     assert saved_activation_bytes(lambda: (a * a).sum()) == 1000 * 4  # one storage, counted once
+    assert saved_activation_bytes(lambda: (a * b).sum(), weights=[b]) == 1000 * 4  # b is a weight: left out
 
 
 def test_median_leaves_out_the_warmup():

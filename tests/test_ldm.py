@@ -11,7 +11,7 @@ from minildm.data.images import float_to_uint8, uint8_to_float
 from minildm.evaluation.metrics import frechet_distance
 from minildm.evaluation.scores import evaluate_ldm
 from minildm.ldm import LatentDiffusion
-from minildm.ldm_training import ldm_config, load_ldm, train_ldm
+from minildm.ldm_training import ldm_config, load_ldm, mirrored_batches, train_ldm
 
 from conftest import toy_pixels, train_tiny_autoencoder
 
@@ -165,3 +165,12 @@ def test_a_run_folder_with_an_unknown_or_missing_key_is_refused_naming_it(traine
     (tmp_path / "weights.safetensors").write_bytes((run_dir / "weights.safetensors").read_bytes())
     with pytest.raises(checkpoint.CheckpointError, match=f"config.json does not .*: {named}$"):
         load_ldm(tmp_path)
+
+
+def test_mirrored_batches_are_the_images_then_their_mirrors_one_float_batch_at_a_time():
+    pixels = torch.randint(0, 256, (7, 3, 8, 8), dtype=torch.uint8)
+    images = uint8_to_float(pixels)
+    everything = torch.cat([images, images.flip(-1)])  # (14, 3, 8, 8)
+    batches = list(mirrored_batches(pixels, range(3, 12), batch_size=4))  # crosses from images to mirrors
+    assert [len(batch) for batch in batches] == [4, 4, 1]
+    assert torch.equal(torch.cat(batches), everything[3:12])

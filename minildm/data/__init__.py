@@ -6,6 +6,8 @@
 - :mod:`~minildm.data.sources`: image folders, CelebA attribute files, Hugging Face datasets;
 - :mod:`~minildm.data.dataset`: :func:`load_images`, the one entry point for every source,
   cached on disk, and :class:`ImageDataset`, what it returns;
+- :mod:`~minildm.data.cache`: the cache file, written a chunk of images at a time and
+  memory-mapped when loaded, so that no request is held in memory whole;
 - :mod:`~minildm.data.faces`: real faces from the first source that works (the
   ``MINILDM_CELEBA_DIR`` folder, CelebA-HQ from the hub, else toy faces).
 """

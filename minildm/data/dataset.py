@@ -14,7 +14,9 @@ Sources, named by the ``dataset`` argument:
 Every image is brought to RGB, cropped to its central square and resized with an
 antialiasing filter (:mod:`minildm.data.images`). The prepared uint8 tensors are cached under
 ``data/cache`` keyed by source, resolution, ``start`` and ``n``, so the second load is
-instant. Unreadable files are skipped and counted, never fatal.
+instant; the images of a source are written there chunk by chunk as they are prepared, and
+read back memory-mapped (:mod:`minildm.data.cache`), so that no request, however large, is
+held in memory whole. Unreadable files are skipped and counted, never fatal.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from tqdm import tqdm
 from minildm import checkpoint as ckpt
 from minildm.config import data_dir
 from minildm.data import images as imgs
-from minildm.data import sources, toyfaces
+from minildm.data import cache, sources, toyfaces
 from minildm.data.sources import HUB_DATASETS, OFFLINE_HINT, DataError, read_celeba_attributes
 
 __all__ = ["HUB_DATASETS", "DataError", "ImageDataset", "describe", "load_images", "random_flip",
@@ -135,11 +137,15 @@ def load_images(
         if cached is not None:
             return cached
     started = time.perf_counter()
-    data = _prepare(dataset, resolution, n, start, split, seed, attributes_file, progress)
-    data.info["prepare_seconds"] = round(time.perf_counter() - started, 3)
-    _write_cache(data, cache_path)
-    data.info["cache"] = str(cache_path)
-    return data
+    if _source_kind(dataset) == "toyfaces":  # the generator draws them all in memory at once
+        data = _toyfaces(resolution, n, start, seed)
+        data.info["prepare_seconds"] = round(time.perf_counter() - started, 3)
+        _write_cache(data, cache_path)
+        data.info["cache"] = str(cache_path)
+        return data
+    records, source = _open_source(dataset, start, split, attributes_file)
+    _collect(records, resolution, n, source, progress, cache_path, started)
+    return _open_cache(cache_path)
 
 
 def _check_request(dataset: str, resolution: int, n: int | None, start: int) -> None:
@@ -161,15 +167,13 @@ def _source_kind(dataset: str) -> str:
     return "local"
 
 
-def _prepare(dataset, resolution, n, start, split, seed, attributes_file, progress) -> ImageDataset:
-    kind = _source_kind(dataset)
-    if kind == "toyfaces":
-        return _toyfaces(resolution, n, start, seed)
-    if kind == "hub":
+def _open_source(dataset, start, split, attributes_file) -> tuple[Iterable[sources.Record], str]:
+    """The records of a hub or local source from image ``start`` on, and the source's name for ``info``."""
+    if _source_kind(dataset) == "hub":
         repo_id, config = HUB_DATASETS.get(dataset, (dataset.removeprefix("hub:"), None))
         sources.check_hub_reachable(repo_id)
         rows = sources.open_hf_dataset(repo_id, config, split)
-        return _collect(sources.hf_records(rows, start), resolution, n, dataset, progress)
+        return sources.hf_records(rows, start), dataset
     path = Path(dataset).expanduser()
     if not path.exists():
         raise DataError(f"no such file or folder: {path} ({OFFLINE_HINT.replace('use ', 'or use ')})")
@@ -177,9 +181,8 @@ def _prepare(dataset, resolution, n, start, split, seed, attributes_file, progre
         raise DataError(f"{path} is a file: give a folder of images or a datasets folder")
     if sources.is_saved_dataset(path) or sources.has_parquet(path):
         rows = sources.open_hf_dataset(str(path), None, split)
-        return _collect(sources.hf_records(rows, start), resolution, n, str(path), progress)
-    records = sources.folder_records(path, start, attributes_file)
-    return _collect(records, resolution, n, str(path), progress)
+        return sources.hf_records(rows, start), str(path)
+    return sources.folder_records(path, start, attributes_file), str(path)
 
 
 def _toyfaces(resolution: int, n: int, start: int, seed: int) -> ImageDataset:
@@ -195,27 +198,33 @@ def _toyfaces(resolution: int, n: int, start: int, seed: int) -> ImageDataset:
     )
 
 
-def _collect(records: Iterable[sources.Record], resolution: int, n: int | None, source: str,
-             progress: bool) -> ImageDataset:
-    """Decode and prepare records until ``n`` usable images are found."""
-    with tqdm(total=n, desc=f"preparing {Path(source).name or source}", unit="img", disable=not progress,
-              leave=False) as bar:  # the bar clears itself, also when a source fails
-        pixels, attribute_rows, labels, skipped, smallest = _decode(records, resolution, n, bar)
-    if not pixels:
-        raise DataError(_nothing_usable_message(source, resolution, skipped, smallest))
-    data = ImageDataset(pixels=torch.stack(pixels), info={"source": source, "requested": n})
-    if attribute_rows[0] is not None:
-        data.attribute_names = list(attribute_rows[0])
-        data.attributes = torch.tensor([list(row.values()) for row in attribute_rows])
-    if labels[0] is not None:
-        data.labels = torch.tensor(labels, dtype=torch.int64)
-    data.info["skipped"] = dict(skipped)
-    return data
+def _collect(records: Iterable[sources.Record], resolution: int, n: int | None, source: str, progress: bool,
+             cache_path: Path, started: float) -> None:
+    """Decode and prepare records until ``n`` usable images are found, writing them to the cache
+    file a chunk at a time (:func:`minildm.data.cache.streaming`)."""
+    with cache.streaming(cache_path) as writer:
+        with tqdm(total=n, desc=f"preparing {Path(source).name or source}", unit="img", disable=not progress,
+                  leave=False) as bar:  # the bar clears itself, also when a source fails
+            attribute_rows, labels, skipped, smallest = _decode(records, resolution, n, bar, writer)
+        if not writer.count:
+            raise DataError(_nothing_usable_message(source, resolution, skipped, smallest))
+        info = {"source": source, "requested": n, "skipped": dict(skipped),
+                "prepare_seconds": round(time.perf_counter() - started, 3)}
+        tensors = {}
+        if attribute_rows[0] is not None:
+            tensors["attributes"] = torch.tensor([list(row.values()) for row in attribute_rows], dtype=torch.uint8)
+        if labels[0] is not None:
+            tensors["labels"] = torch.tensor(labels, dtype=torch.int64)
+        writer.finish(tensors=tensors, metadata={"attribute_names": list(attribute_rows[0] or []),
+                                                 "label_names": [], "captions": None, "info": info})
 
 
-def _decode(records: Iterable[sources.Record], resolution: int, n: int | None, bar: tqdm):
-    """Prepared images, their labels, what was skipped and why, and the smallest side skipped."""
-    pixels, attribute_rows, labels = [], [], []
+def _decode(records: Iterable[sources.Record], resolution: int, n: int | None, bar: tqdm,
+            writer: cache.CacheWriter):
+    """Prepare records into ``writer``, a chunk of images at a time; returns the attribute rows and
+    labels of the images written, what was skipped and why, and the smallest side skipped."""
+    chunk, attribute_rows, labels = [], [], []
+    per_chunk = cache.images_per_chunk(resolution)
     skipped: Counter = Counter()
     smallest = None
     for record in records:
@@ -231,13 +240,18 @@ def _decode(records: Iterable[sources.Record], resolution: int, n: int | None, b
             skipped["smaller than the resolution"] += 1
             smallest = min(smallest or 10**9, min(image.size))
             continue
-        pixels.append(imgs.prepare(image, resolution))
+        chunk.append(imgs.prepare(image, resolution))
         attribute_rows.append(record.attributes)
         labels.append(record.label)
         bar.update()
-        if n is not None and len(pixels) == n:
+        if len(chunk) == per_chunk:
+            writer.write(torch.stack(chunk))  # (B, 3, R, R)
+            chunk = []
+        if n is not None and len(labels) == n:
             break
-    return pixels, attribute_rows, labels, skipped, smallest
+    if chunk:
+        writer.write(torch.stack(chunk))
+    return attribute_rows, labels, skipped, smallest
 
 
 def _nothing_usable_message(source: str, resolution: int, skipped: Counter, smallest) -> str:
@@ -276,7 +290,8 @@ def _folder_stamp(path: Path) -> list[str]:
 
 
 def _write_cache(data: ImageDataset, path: Path) -> None:
-    """Save atomically (:func:`minildm.checkpoint.save_atomic`): a crash never damages the old copy."""
+    """Save data held in memory (the toy faces) atomically (:func:`minildm.checkpoint.save_atomic`):
+    a crash never damages the old copy."""
     tensors = {"pixels": data.pixels}
     if data.attributes is not None:
         tensors["attributes"] = data.attributes.to(torch.uint8)
@@ -290,21 +305,27 @@ def _write_cache(data: ImageDataset, path: Path) -> None:
 def _read_cache(path: Path) -> ImageDataset | None:
     """Load a cached copy, or None (with a warning) if the file is damaged."""
     try:
-        tensors, metadata = ckpt.load(path)
-        data = ImageDataset(
-            pixels=tensors["pixels"],
-            attribute_names=metadata["attribute_names"],
-            attributes=tensors["attributes"].bool() if "attributes" in tensors else None,
-            labels=tensors.get("labels"),
-            label_names=metadata.get("label_names", []),
-            captions=metadata["captions"],
-            info=metadata["info"],
-        )
+        data = _open_cache(path)
     except (ckpt.CheckpointError, KeyError) as error:
         print(f"warning: ignoring damaged cache file {path} ({type(error).__name__}); preparing again")
         return None
-    data.info["cache"] = str(path)
     data.info["from_cache"] = True
+    return data
+
+
+def _open_cache(path: Path) -> ImageDataset:
+    """The data set in a cache file; its pixels stay on disk, memory-mapped (see :mod:`minildm.data.cache`)."""
+    tensors, metadata = ckpt.load(path)
+    data = ImageDataset(
+        pixels=tensors["pixels"],
+        attribute_names=metadata["attribute_names"],
+        attributes=tensors["attributes"].bool() if "attributes" in tensors else None,
+        labels=tensors.get("labels"),
+        label_names=metadata.get("label_names", []),
+        captions=metadata["captions"],
+        info=metadata["info"],
+    )
+    data.info["cache"] = str(path)
     return data
 
 

@@ -27,7 +27,7 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,14 +79,17 @@ def median_seconds(run: Callable[[], object], repeats: int, warmup: int, device:
     return statistics.median(elapsed_seconds(run, device) for _ in range(repeats))
 
 
-def saved_activation_bytes(run: Callable[[], Tensor]) -> int:
+def saved_activation_bytes(run: Callable[[], Tensor], weights: Iterable[Tensor] = ()) -> int:
     """Bytes of the tensors autograd saves for backward while ``run()`` builds its graph
-    (each storage counted once)."""
+    (each storage counted once), leaving out ``weights``: a convolution saves its weight too,
+    and the weights are there once, whatever the batch."""
+    left_out = {weight.untyped_storage().data_ptr() for weight in weights}
     storages: dict[int, int] = {}
 
     def keep(tensor: Tensor) -> Tensor:
         storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
+        if storage.data_ptr() not in left_out:
+            storages[storage.data_ptr()] = storage.nbytes()
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
@@ -164,7 +167,7 @@ def bench_case(factor: int, resolution: int, profile: Profile, batch_size: int =
     device, parameters = case.device, parameter_count(case.unet)
     if device.type != "cuda":
         parameter_bytes = sum(p.numel() * p.element_size() for p in case.unet.parameters())
-        memory = 4 * parameter_bytes + batch_size * saved_activation_bytes(case.one_image_loss)
+        memory = 4 * parameter_bytes + batch_size * saved_activation_bytes(case.one_image_loss, case.unet.parameters())
         available = psutil.virtual_memory().available
         if memory > available / 2:  # the math attention kernel also needs room for its temporaries
             return skipped(case, factor, resolution, parameters, memory,
