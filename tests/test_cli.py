@@ -68,6 +68,7 @@ def test_unknown_profile_is_refused_by_the_parser(tmp_path):
     assert result.returncode == 2 and "invalid choice: 'huge'" in result.stderr
 
 
+@pytest.mark.slow
 def test_demo_trains_both_stages_and_writes_samples_and_metrics(tmp_path):
     out = tmp_path / "demo"
     result = run_minildm("demo", "--profile", "tiny", "--out", str(out), tmp_path=tmp_path, timeout=600)

@@ -101,6 +101,7 @@ def hostile(student_copy: Path, folder: Path, name: str, code: str) -> None:
                f"        {code}\n        alpha_bar = self.at(self.alpha_bars, t, x0)\n")
 
 
+@pytest.mark.slow
 def test_grading_scores_each_exercise_alone_and_survives_hostile_code(student_copy, tmp_path):
     assert isolation() == "bubblewrap", "the grader's sandbox needs bubblewrap (the Debian package .ci/run installs)"
     submissions = tmp_path / "submissions"
@@ -140,6 +141,7 @@ def test_grading_scores_each_exercise_alone_and_survives_hostile_code(student_co
     assert "time limit" in next(test for test in looped if test["name"].startswith("Exercise 03.2:"))["output"]
 
 
+@pytest.mark.slow
 def test_the_student_copy_s_notebooks_run_up_to_their_first_exercise(student_copy):
     """Every notebook of the student copy, run in a fresh kernel in the tiny profile, either
     runs to the end or stops first at an exercise cell (tagged "exercise"), with one line that

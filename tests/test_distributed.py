@@ -78,6 +78,7 @@ def single(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow  # processes under torchrun: make check, not make test
 def test_two_processes_train_as_one_process_accumulating_two_micro_batches(single, tmp_path):
     result = minildm("train-ae", "--n", "48", "--steps", "6", "--out", tmp_path / "ae", *TINY, tmp_path=tmp_path,
                      processes=2)
@@ -95,6 +96,7 @@ def test_two_processes_train_as_one_process_accumulating_two_micro_batches(singl
     assert_same_run(tmp_path / "ldm", single / "ldm", tolerance=1e-4)
 
 
+@pytest.mark.slow  # processes under torchrun: make check, not make test
 def test_a_two_process_run_resumes_after_one_process_is_killed(tmp_path):
     script = tmp_path / "kill_rank_one.py"
     script.write_text(KILL_RANK_ONE)

@@ -21,6 +21,8 @@ import torch
 
 from minildm import checkpoint as ckpt
 
+pytestmark = pytest.mark.slow  # whole runs in separate processes: make check, not make test
+
 LAUNCHER = """
 import os, signal, sys
 from minildm import checkpoint, train
