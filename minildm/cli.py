@@ -97,6 +97,17 @@ def _load_seen(seen: dict, n: int, start: int) -> data.ImageDataset:
                             seed=seen["seed"])
 
 
+def _floor_images(seen: dict, held_out: data.ImageDataset) -> torch.Tensor | None:
+    """As many further held-out images as ``held_out``, for the real-against-real floor of FID
+    and KID; None (the floor is left out) when the source has too few."""
+    start = seen["start"] + seen["n"] + len(held_out)
+    try:
+        floor = _load_seen(seen, len(held_out), start)
+    except DataError:
+        return None
+    return floor.pixels if len(floor) == len(held_out) else None
+
+
 # data
 def add_data(commands) -> None:
     parser = command(commands, "data", "prepare and cache a data set, print a summary", run_data)
@@ -321,7 +332,8 @@ def run_evaluate(args: argparse.Namespace, profile: Profile) -> None:
         results = scores.evaluate_autoencoder(model, held_out.pixels)
     elif model.kind == "none":
         results = scores.evaluate_ldm(model, held_out.pixels, generator=torch.Generator().manual_seed(args.seed),
-                                      extra_features={"toyface": ToyFaceFeatures(load_judge())} if toy_faces else None)
+                                      extra_features={"toyface": ToyFaceFeatures(load_judge())} if toy_faces else None,
+                                      floor_reference=_floor_images(seen, held_out))
     else:
         results = scores.evaluate_conditional(model, held_out, load_judge() if toy_faces else None, args.seed)
     results["data"] = (f"{len(held_out)} held-out images of {seen['dataset']} from index "

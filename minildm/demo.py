@@ -48,7 +48,9 @@ def run_demo(out: Path, profile: Profile, seed: int = 0) -> dict:
     grid = save_grid(model.sample(64, profile.resolution, generator=generator), out / "samples.png", scale=2)
     print(f"64 samples (DDIM, 50 steps): {grid}")
     try:
-        metrics["ldm"] = evaluate_ldm(model, held_out.pixels[:profile.fid_images // 3], generator=generator)
+        n = profile.fid_images // 3
+        metrics["ldm"] = evaluate_ldm(model, held_out.pixels[:n], generator=generator,
+                                      floor_reference=held_out.pixels[n:2 * n] if len(held_out) >= 2 * n else None)
     except MinildmError as error:  # no Inception network: the samples are still there
         metrics["ldm"] = {"skipped": str(error)}
     metrics["minutes"] = round((time.perf_counter() - started) / 60, 2)

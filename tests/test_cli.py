@@ -103,6 +103,7 @@ def test_train_ldm_sample_and_evaluate_from_the_command_line(tmp_path, capsys):
     metrics = json.loads(result.stdout)
     assert metrics["n_samples"] == 8 and "held-out images of toyfaces" in metrics["data"]
     assert metrics["fid"] > 0 and metrics["toyface_fid"] > 0 and metrics["toyface_kid_std"] >= 0
+    assert metrics["n_floor"] == 8 and metrics["fid_floor"] >= 0 and metrics["toyface_kid_floor"] is not None
     assert metrics["toyface_features"].startswith("toy-face judge, 64-d")
 
     from_python = tmp_path / "ae-from-python"  # what a notebook writes: no data_description
@@ -188,7 +189,8 @@ def test_conditional_models_from_the_command_line(tmp_path, capsys, monkeypatch)
     assert main(["evaluate", *common, "--ldm", str(tmp_path / "attributes"), "--n", "32"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["n_samples"] == 32 and metrics["pairs"] == 320
-    for key in ("accuracy", "balanced_agreement", "balanced_agreement_shuffled", "judge_balanced_accuracy_on_real"):
+    for key in ("accuracy", "balanced_agreement", "balanced_agreement_shuffled", "balanced_agreement_unconditional",
+                "accuracy_unconditional", "judge_balanced_accuracy_on_real"):
         assert 0 <= metrics[key] <= 1, key
     rates = metrics["per_attribute_rates"]
     for row in rates.values():

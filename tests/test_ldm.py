@@ -137,6 +137,21 @@ def test_evaluation_reports_distances_and_counts(trained, pixels):
     assert results["colour_fid"] == pytest.approx(expected, abs=1e-3) and results["colour_features"] == "mean colour"
 
 
+def test_the_floor_is_real_against_real_at_the_same_n(trained, pixels):
+    _, model = trained
+
+    def mean_colour(images):
+        return images.float().mean(dim=(2, 3))
+
+    results = evaluate_ldm(model, pixels[:16], n_samples=16, steps=2, features=mean_colour,
+                           floor_reference=pixels[16:32], extra_features={"colour": mean_colour})
+    expected = frechet_distance(mean_colour(pixels[:16]), mean_colour(pixels[16:32]))
+    assert results["fid_floor"] == pytest.approx(expected, abs=1e-3) == results["colour_fid_floor"]
+    assert results["n_floor"] == 16 and list(results)[:3] == ["kid", "kid_std", "fid"]  # KID leads
+    assert "kid_floor" in results and "kid_std_floor" in results
+    assert "fid_floor" not in evaluate_ldm(model, pixels[:16], n_samples=4, steps=2, features=mean_colour)
+
+
 def test_pixel_space_model_diffuses_the_images_themselves(tmp_path, pixels):
     model = train_ldm(tmp_path, pixels[:16], autoencoder_dir=None, profile=get_profile("tiny"), steps=2, progress=False)
     latents = checkpoint.load(tmp_path / "latents.safetensors")[0]["latents"]

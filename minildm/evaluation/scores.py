@@ -67,13 +67,18 @@ def evaluate_autoencoder(autoencoder: Autoencoder, pixels: Tensor, batch_size: i
 @torch.no_grad()
 def evaluate_ldm(model: LatentDiffusion, reference: Tensor, *, n_samples: int | None = None, steps: int = 50,
                  generator: torch.Generator | None = None, features=None, batch_size: int = 250,
-                 extra_features: dict | None = None) -> dict:
-    """Sample quality against uint8 reference images (N, 3, R, R): FID and KID (with its std
-    over subsets) on Inception features, the sample counts and the sampling speed.
+                 extra_features: dict | None = None, floor_reference: Tensor | None = None) -> dict:
+    """Sample quality against uint8 reference images (N, 3, R, R): KID (with its std over
+    subsets) and FID on Inception features, the sample counts and the sampling speed.
 
     ``features``: a feature extractor (uint8 images -> (N, D)); default the FID Inception.
     ``extra_features``: more extractors by name (e.g. ``{"toyface": ToyFaceFeatures(judge)}``),
-    scored on the same samples and reported as ``{name}_fid``, ``{name}_kid``, ...
+    scored on the same samples and reported as ``{name}_kid``, ``{name}_fid``, ...
+    ``floor_reference``: other real images, as many as ``reference``, from the same source and
+    preparation; the distances between the two real sets are the floor, what a perfect model
+    would score at this n, reported as ``kid_floor``, ``fid_floor``, ... (FID is biased upwards
+    at small n, so a number without its floor cannot be read). KID comes first: it is unbiased,
+    which makes it the one to read when n is small.
     """
     features = features or InceptionFeatures(model.device)
     n_samples = n_samples or len(reference)
@@ -82,21 +87,33 @@ def evaluate_ldm(model: LatentDiffusion, reference: Tensor, *, n_samples: int | 
     samples = torch.cat([float_to_uint8(model.sample(len(chunk), resolution, steps=steps, generator=generator).cpu())
                          for chunk in torch.arange(n_samples).split(batch_size)])
     seconds = time.perf_counter() - started
-    results = {**feature_distances(features(reference), features(samples)), "n_samples": n_samples,
-               "n_reference": len(reference), "sampler": f"DDIM {steps} steps, eta 0",
-               "features": getattr(features, "description", type(features).__name__),
-               "sample_images_per_s": round(n_samples / seconds, 1)}
-    for name, extractor in (extra_features or {}).items():
-        distances = feature_distances(extractor(reference), extractor(samples))
-        results.update({f"{name}_{key}": value for key, value in distances.items()})
-        results[f"{name}_features"] = extractor.description
-    return results
+    results = {}
+    extractors = {"": features, **{f"{name}_": extractor for name, extractor in (extra_features or {}).items()}}
+    for prefix, extractor in extractors.items():
+        real = extractor(reference)
+        distances = feature_distances(real, extractor(samples))
+        results.update({f"{prefix}{key}": value for key, value in _kid_first(distances)})
+        if floor_reference is not None:
+            floor = feature_distances(real, extractor(floor_reference))
+            results.update({f"{prefix}{key}_floor": value for key, value in _kid_first(floor)})
+        results[f"{prefix}features"] = getattr(extractor, "description", type(extractor).__name__)
+    return {**results, "n_samples": n_samples, "n_reference": len(reference),
+            "n_floor": None if floor_reference is None else len(floor_reference),
+            "sampler": f"DDIM {steps} steps, eta 0", "sample_images_per_s": round(n_samples / seconds, 1)}
+
+
+def _kid_first(distances: dict) -> list[tuple[str, float]]:
+    """KID and its std, then FID."""
+    return [(key, distances[key]) for key in ("kid", "kid_std", "fid")]
 
 
 def evaluate_conditional(model: LatentDiffusion, held_out: ImageDataset, judge: ToyFaceJudge | None,
                          seed: int = 0) -> dict:
     """The score of a conditional model on held-out images: judge agreement for token models
-    (toy faces only: ``judge``), PSNRs against baselines for inpainting and super-resolution."""
+    (toy faces only: ``judge``), raw and balanced, beside three reference points: the same
+    samples against shuffled requests, the model's own null condition (an unconditional model)
+    against the requests, and the judge on the real held-out images; PSNRs against baselines for
+    inpainting and super-resolution."""
     if model.kind == "inpaint":
         return evaluate_inpainting(model, held_out.pixels, judge, seed=seed)
     if model.kind == "superres":
@@ -107,8 +124,12 @@ def evaluate_conditional(model: LatentDiffusion, held_out: ImageDataset, judge: 
     conditions = condition_tensor(model.config.conditioning, held_out)
     result = judge_token_model(model, judge, conditions=conditions, attributes=held_out.attributes,
                                resolution=held_out.resolution, guidance=DEFAULT_GUIDANCE, seed=seed)
-    on_real = judge.agreement(held_out.images(), held_out.attributes,
-                              mask=scored_attributes(model.kind, held_out.attributes))
+    scored = scored_attributes(model.kind, held_out.attributes)
+    ignoring = judge.agreement(null_condition_samples(model, len(held_out), resolution=held_out.resolution, seed=seed),
+                               held_out.attributes, mask=scored, seed=seed)
+    result["accuracy_unconditional"] = ignoring["accuracy"]
+    result["balanced_agreement_unconditional"] = ignoring["balanced_agreement"]
+    on_real = judge.agreement(held_out.images(), held_out.attributes, mask=scored)
     result["judge_balanced_accuracy_on_real"] = on_real["balanced_agreement"]
     result["judge_per_attribute_on_real"] = {name: row.get("balanced", row["agreement"])
                                              for name, row in on_real["per_attribute_rates"].items()}
@@ -131,6 +152,17 @@ def sample_in_batches(model: LatentDiffusion, conditions: Tensor, *, resolution:
     generator = torch.Generator().manual_seed(seed)
     return torch.cat([model.sample(len(chunk), resolution, steps=steps, generator=generator, condition=chunk,
                                    guidance=guidance).cpu() for chunk in conditions.split(batch_size)])
+
+
+@torch.no_grad()
+def null_condition_samples(model: LatentDiffusion, n: int, *, resolution: int, steps: int = 50, seed: int = 0,
+                           batch_size: int = 128) -> Tensor:
+    """``n`` samples (N, 3, R, R) of the null condition: the unconditional model that
+    classifier-free guidance trains alongside the conditional one (Ho & Salimans 2022). Scored
+    against requests, it is the baseline of a model that ignores them."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.cat([model.sample(len(chunk), resolution, steps=steps, generator=generator).cpu()
+                      for chunk in torch.arange(n).split(batch_size)])
 
 
 def judge_token_model(model: LatentDiffusion, judge: ToyFaceJudge, *, conditions: Tensor, attributes: Tensor,
