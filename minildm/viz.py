@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -34,12 +35,24 @@ def save_grid(images: torch.Tensor, path: str | Path, ncols: int = 8, scale: int
     return path
 
 
-def show_grid(images: torch.Tensor, ncols: int = 8, title: str | None = None, size: float = 8.0) -> None:
-    """Show a grid of images (B, 3, H, W) in [-1, 1] in a notebook."""
+def show_grid(images: torch.Tensor, ncols: int = 8, title: str | None = None, size: float = 8.0,
+              row_labels: Sequence[str] | None = None) -> None:
+    """Show a grid of images (B, 3, H, W) in [-1, 1] in a notebook; ``row_labels`` names each
+    row at its left (short labels keep the grid wide, where a long title would squeeze it)."""
+    rows = -(-len(images) // ncols)
+    if row_labels is not None and len(row_labels) != rows:
+        raise ValueError(f"{len(row_labels)} row labels for a grid of {rows} rows")
     grid = image_grid(images, ncols)
     figure, axes = plt.subplots(figsize=(size, size * grid.shape[0] / grid.shape[1]))
     axes.imshow(grid.numpy(), interpolation="nearest")
     axes.set_axis_off()
+    if row_labels is not None:
+        tile = grid.shape[0] / rows  # rows of equal height, gaps included
+        axes.set_axis_on()
+        axes.set_xticks([])
+        axes.set_yticks([tile * (row + 0.5) - 0.5 for row in range(len(row_labels))], labels=list(row_labels))
+        axes.tick_params(left=False)
+        axes.spines[:].set_visible(False)
     if title:
         axes.set_title(title)
     figure.tight_layout()
