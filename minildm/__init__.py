@@ -9,6 +9,7 @@ Stage 1, perceptual compression (Sec. 3.1):
 - :mod:`~minildm.regularizers`: the KL (reparameterised Gaussian) and VQ (codebook) latents (01, 02)
 - :mod:`~minildm.autoencoder`: encoder E, decoder D, the latent scale factor (01, 02)
 - :mod:`~minildm.losses`: L1 + perceptual + patch GAN with the adaptive weight (01)
+- :mod:`~minildm.perceptual`: the perceptual loss offline: the FID Inception-v3's early layers (01)
 - :mod:`~minildm.autoencoder_training`: train an autoencoder into a run folder, load it (01, 02)
 
 Stage 2, diffusion in the latent space (Sec. 3.2):

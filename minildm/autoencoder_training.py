@@ -1,8 +1,9 @@
 """Stage 1 of a latent diffusion model: train the autoencoder, and load it back.
 
 The run folder this writes is everything later stages need: ``config.json`` (the
-autoencoder's configuration, the loss and the data it saw), ``weights.safetensors``
-(with the latent scale factor measured on the training images) and ``figures/``.
+autoencoder's configuration, the loss, the perceptual network and the data it saw),
+``weights.safetensors`` (with the latent scale factor measured on the training images) and
+``figures/``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from minildm.data.images import uint8_to_float
 from minildm.nn import set_gradient_checkpointing
 from minildm.train import TrainConfig, Trainer
 
-RUN_CONFIG_KEYS = ("stage", "autoencoder", "loss", "learning_rate", "data")  # an autoencoder run's config.json
+RUN_CONFIG_KEYS = ("stage", "autoencoder", "loss", "learning_rate", "data", "perceptual")  # its config.json
+ADDED_KEYS = ("perceptual",)  # run folders written before the perceptual network was recorded lack these
 
 
 def autoencoder_config(profile: Profile, *, factor: int = 4, reg: str = "kl",
@@ -45,8 +47,9 @@ def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, *, config: Auto
     The objective is the paper's (:class:`~minildm.losses.AutoencoderLoss`): L1 + perceptual
     distance under a learned variance, the KL or VQ term, and a patch GAN from
     ``disc_start`` on. Two Adam optimisers with betas (0.5, 0.9), as in the paper.
-    ``perceptual``: the LPIPS-style network (:func:`minildm.losses.load_perceptual`), or None
-    to train without the perceptual term. ``data_description`` records the images in
+    ``perceptual``: the LPIPS-style network (:func:`minildm.losses.perceptual_for`), or None
+    to train without the perceptual term; ``config.json`` records which, so a run folder
+    refuses to resume with another. ``data_description`` records the images in
     ``config.json`` for the command line. ``gradient_checkpointing`` recomputes activations
     in the backward pass (:func:`minildm.nn.set_gradient_checkpointing`): less memory, the
     same weights, about a third more time per step.
@@ -81,9 +84,11 @@ def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, *, config: Auto
     train_config = TrainConfig(steps=steps, batch_size=preset.batch_size, accumulate=accumulate, seed=seed,
                                cosine_decay=True, checkpoint_every=max(1, steps // 5), figure_every=max(1, steps // 5))
     run_config = {"stage": "autoencoder", "autoencoder": config.to_dict(), "loss": loss_config.to_dict(),
-                  "learning_rate": preset.learning_rate, "data": data_description or {}}
+                  "learning_rate": preset.learning_rate, "data": data_description or {},
+                  "perceptual": perceptual.description if perceptual is not None else None}
     trainer = Trainer(run_dir, {"autoencoder": autoencoder, "loss": objective}, optimizers=optimizers,
-                      loss_fn=loss_fn, data={"pixels": pixels}, config=train_config, run_config=run_config,
+                      loss_fn=loss_fn, data={"pixels": pixels}, config=train_config,
+                      run_config=ckpt.as_recorded(Path(run_dir), run_config, ADDED_KEYS),
                       figure_fn=reconstruction_figure(uint8_to_float(pixels[:8]).to(device)), progress=progress)
     trainer.fit()
     if config.reg == "kl" and autoencoder.scale_factor.item() == 1.0:  # not yet measured (a finished run has it)
@@ -109,7 +114,7 @@ def reconstruction_figure(shown: torch.Tensor):
 def load_autoencoder(run_dir: str | Path, device: str | torch.device = "cpu") -> Autoencoder:
     """The trained autoencoder of a run folder written by :func:`train_autoencoder`."""
     run_dir = Path(run_dir)
-    run_config = ckpt.read_run_config(run_dir, "autoencoder", "an autoencoder", RUN_CONFIG_KEYS)
+    run_config = ckpt.read_run_config(run_dir, "autoencoder", "an autoencoder", RUN_CONFIG_KEYS, ADDED_KEYS)
     try:
         losses.LossConfig.from_dict(run_config["loss"], "loss")
         autoencoder = build_autoencoder(AutoencoderConfig.from_dict(run_config["autoencoder"], "autoencoder"))

@@ -159,7 +159,7 @@ def run_train_ae(args: argparse.Namespace, profile: Profile) -> None:
                    "start": args.start, "n": len(train), "split": args.split, "seed": args.seed}
     started = time.perf_counter()
     autoencoder = train_autoencoder(args.out, train.pixels, config=config, profile=profile, steps=args.steps,
-                                    seed=args.seed, perceptual=losses.load_perceptual(),
+                                    seed=args.seed, perceptual=losses.perceptual_for(profile),
                                     data_description=description, accumulate=args.accumulate,
                                     gradient_checkpointing=args.gradient_checkpointing)
     minutes = (time.perf_counter() - started) / 60

@@ -47,6 +47,9 @@ class AutoencoderPreset:
         steps, batch_size, learning_rate: the optimisation (Adam, betas (0.5, 0.9)).
         disc_start: step at which the patch GAN switches on (beyond ``steps``: never).
         codebook_size: entries of the VQ codebook (the paper's VQ-f4: 8192).
+        perceptual: whether stage 1 trains with the perceptual term (LPIPS,
+            :func:`minildm.losses.perceptual_for`). ``tiny`` and ``cpu`` leave it out: on two CPU
+            cores it makes each step 5 to 8 times slower (docs/measurements.md).
         l2_weight: weight of a squared-error term in the reconstruction loss (the paper: none;
             see :class:`minildm.losses.LossConfig`).
     """
@@ -59,6 +62,7 @@ class AutoencoderPreset:
     learning_rate: float
     disc_start: int
     codebook_size: int
+    perceptual: bool
     l2_weight: float = 0.0
 
 
@@ -128,7 +132,7 @@ PROFILES: dict[str, Profile] = {
         name="tiny", dataset="toyfaces", resolution=32, n_images=512, n_holdout=128, fid_images=16, device="cpu",
         autoencoder=AutoencoderPreset(  # 0.65 M parameters
             base_channels=16, res_blocks=1, attention=False, steps=20, batch_size=8, learning_rate=2e-3,
-            disc_start=10, codebook_size=64, l2_weight=4.0),
+            disc_start=10, codebook_size=64, perceptual=False, l2_weight=4.0),
         ldm=LDMPreset(  # 0.76 M parameters
             base_channels=32, channel_mult=(1, 2), res_blocks=1, attention_levels=(1,), cross_attention_levels=(1,),
             steps=30, batch_size=16, learning_rate=1e-3, ema_decay=0.9, prediction="v"),
@@ -137,7 +141,7 @@ PROFILES: dict[str, Profile] = {
         name="cpu", dataset="toyfaces", resolution=32, n_images=10_000, n_holdout=1_000, fid_images=200, device="cpu",
         autoencoder=AutoencoderPreset(  # 0.65 M parameters
             base_channels=16, res_blocks=1, attention=False, steps=2200, batch_size=16, learning_rate=2e-3,
-            disc_start=10**9, codebook_size=1024, l2_weight=4.0),
+            disc_start=10**9, codebook_size=1024, perceptual=False, l2_weight=4.0),
         ldm=LDMPreset(  # 1.19 M parameters
             base_channels=32, channel_mult=(1, 2, 2), res_blocks=1, attention_levels=(2,),
             cross_attention_levels=(1, 2), steps=700, batch_size=128, learning_rate=1e-3, ema_decay=0.999,
@@ -150,7 +154,7 @@ PROFILES: dict[str, Profile] = {
         device="cuda",
         autoencoder=AutoencoderPreset(  # 55 M parameters
             base_channels=128, res_blocks=2, attention=True, steps=50_000, batch_size=16, learning_rate=4.5e-5,
-            disc_start=25_000, codebook_size=8192),
+            disc_start=25_000, codebook_size=8192, perceptual=True),
         ldm=LDMPreset(  # 93 M parameters
             base_channels=128, channel_mult=(1, 2, 3, 4), res_blocks=2, attention_levels=(1, 2, 3),
             cross_attention_levels=(1, 2, 3), steps=100_000, batch_size=64, learning_rate=1e-4, ema_decay=0.9999,
@@ -163,7 +167,7 @@ PROFILES: dict[str, Profile] = {
         device="cuda",
         autoencoder=AutoencoderPreset(  # 55 M parameters
             base_channels=128, res_blocks=2, attention=True, steps=60_000, batch_size=12, learning_rate=4.5e-5,
-            disc_start=30_000, codebook_size=8192),
+            disc_start=30_000, codebook_size=8192, perceptual=True),
         ldm=LDMPreset(  # 210 M parameters
             base_channels=192, channel_mult=(1, 2, 3, 4), res_blocks=2, attention_levels=(1, 2, 3),
             cross_attention_levels=(1, 2, 3), steps=150_000, batch_size=48, learning_rate=9.6e-5, ema_decay=0.9999,
@@ -174,7 +178,7 @@ PROFILES: dict[str, Profile] = {
         fid_images=5000, device="cuda",
         autoencoder=AutoencoderPreset(  # 84 M parameters at f = 8
             base_channels=128, res_blocks=2, attention=True, steps=60_000, batch_size=12, learning_rate=4.5e-5,
-            disc_start=30_000, codebook_size=8192),
+            disc_start=30_000, codebook_size=8192, perceptual=True),
         ldm=LDMPreset(  # 178 M parameters
             base_channels=192, channel_mult=(1, 2, 2, 4), res_blocks=2, attention_levels=(0, 1, 2, 3),
             cross_attention_levels=(0, 1, 2, 3), steps=150_000, batch_size=64, learning_rate=5e-5, ema_decay=0.9999,

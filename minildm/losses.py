@@ -6,7 +6,8 @@ A plain L2 autoencoder gives blurry images. The paper follows VQGAN (Esser et al
     L = L_rec + L_reg + lambda * L_GAN,   L_rec = |x - D(E(x))| + LPIPS(x, D(E(x)))
 
 - a perceptual loss, :class:`PerceptualLoss`: distances between VGG16 features (LPIPS,
-  Zhang et al. 2018), which keeps textures sharp;
+  Zhang et al. 2018), which keeps textures sharp; offline, between the features of the FID
+  Inception-v3's early layers instead (:mod:`minildm.perceptual`);
 - a patch discriminator, :class:`PatchDiscriminator` (pix2pix, Isola et al. 2017), trained
   with the hinge loss and switched on only after ``disc_start`` steps;
 - an adaptive weight ``lambda`` (:func:`adaptive_weight`) that balances the GAN gradient
@@ -38,8 +39,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from minildm.autoencoder import AutoencoderConfig
-from minildm.config import MinildmError, SavedConfig, data_dir
+from minildm.config import MinildmError, Profile, SavedConfig, data_dir
 from minildm.nn import normalization
+from minildm.perceptual import EarlyInceptionFeatures
 
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 VGG16_WEIGHTS_ENV = "MINILDM_VGG16_WEIGHTS"
@@ -63,6 +65,8 @@ class VGG16Features(nn.Module):
     follow ``.to(device)``, no optimiser sees them, and checkpoints of the loss do not copy
     them. They are random (He initialisation) until :meth:`load_weights`.
     """
+
+    description = "VGG16 (ImageNet), LPIPS lin-off"
 
     def __init__(self) -> None:
         super().__init__()
@@ -118,17 +122,27 @@ def vgg16_from_torchvision(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 class PerceptualLoss(nn.Module):
     """LPIPS distance with uniform channel weights (the "lin off" baseline of Zhang et al. 2018):
-    for each VGG feature map, unit-normalise every pixel's feature vector, take the squared
-    difference, sum over channels, average over pixels; then sum over the five maps.
-    Zero for identical images, symmetric, and differentiable in both images."""
+    for each feature map of the ``network``, unit-normalise every pixel's feature vector, take
+    the squared difference, sum over channels, average over pixels; then sum over the maps.
+    Zero for identical images, symmetric, and differentiable in both images.
 
-    def __init__(self, vgg: VGG16Features) -> None:
+    ``network``: a frozen trunk that maps images in [-1, 1] to a list of feature maps and has a
+    ``description``: :class:`VGG16Features` (the paper's) or
+    :class:`~minildm.perceptual.EarlyInceptionFeatures` (offline).
+    """
+
+    def __init__(self, network: VGG16Features | EarlyInceptionFeatures) -> None:
         super().__init__()
-        self.vgg = vgg
+        self.network = network
+
+    @property
+    def description(self) -> str:
+        """Which network the distance compares features of (recorded in a run's ``config.json``)."""
+        return self.network.description
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         """Images (B, 3, H, W) in [-1, 1] -> distances (B,)."""
-        features = self.vgg(torch.cat([x, y]))
+        features = self.network(torch.cat([x, y]))
         distance = torch.zeros(len(x), device=x.device)
         for both in features:
             f_x, f_y = F.normalize(both, dim=1, eps=1e-10).chunk(2)  # (B, C, h, w) each
@@ -171,20 +185,41 @@ def download_vgg16_weights(destination: Path) -> Path:
 
 
 def load_perceptual(path: str | Path | None = None) -> PerceptualLoss | None:
-    """The perceptual loss with ImageNet VGG16 weights, or None (after one warning line) when
-    there is no local file (see :func:`find_local_weights`) and the download fails."""
+    """The perceptual loss with ImageNet VGG16 weights, the paper's, from a local file (see
+    :func:`find_local_weights`) or a download. When both fail: after one warning line, the
+    loss on the FID Inception-v3's early layers (:func:`offline_perceptual`), or None when the
+    ``fid`` extra that ships that network is not installed either."""
     source = find_local_weights(path)
     if source is None:
         try:
             source = download_vgg16_weights(default_weights_path())
         except (OSError, RuntimeError, KeyError, pickle.UnpicklingError) as error:
-            print(f"warning: VGG16 weights unavailable (offline?): training without the perceptual loss; "
-                  f"put vgg16.safetensors in {default_weights_path().parent} to enable it ({error})",
-                  file=sys.stderr)
-            return None
+            return offline_perceptual(error)
     vgg = VGG16Features()
     vgg.load_weights(load_file(str(source)))
     return PerceptualLoss(vgg).eval()
+
+
+def offline_perceptual(error: Exception) -> PerceptualLoss | None:
+    """The loss on :class:`~minildm.perceptual.EarlyInceptionFeatures` or, without the ``fid``
+    extra, None; either way one warning line says why VGG16 is missing (``error``)."""
+    folder = default_weights_path().parent
+    try:
+        network = EarlyInceptionFeatures()
+    except MinildmError:
+        print(f"warning: VGG16 weights unavailable (offline?): training without the perceptual loss; "
+              f"put vgg16.safetensors in {folder} to enable it ({error})", file=sys.stderr)
+        return None
+    print(f"warning: VGG16 weights unavailable (offline?): the perceptual loss uses the FID Inception-v3's "
+          f"early layers instead; put vgg16.safetensors in {folder} for the paper's VGG16 ({error})",
+          file=sys.stderr)
+    return PerceptualLoss(network).eval()
+
+
+def perceptual_for(profile: Profile) -> PerceptualLoss | None:
+    """:func:`load_perceptual` when the profile's stage 1 trains with the perceptual term
+    (``profile.autoencoder.perceptual``), else None (``tiny`` and ``cpu``, for speed)."""
+    return load_perceptual() if profile.autoencoder.perceptual else None
 
 
 class PatchDiscriminator(nn.Module):

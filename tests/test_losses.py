@@ -1,5 +1,5 @@
-"""The autoencoder objective: VGG16 weights and their loading (never from the network here),
-the perceptual distance, the patch GAN's losses and its adaptive weight, and the two-optimiser
+"""The autoencoder objective: VGG16 weights and their loading (never from the network here)
+and the offline fallback, the perceptual distance, the patch GAN's losses and its adaptive weight, and the two-optimiser
 training step."""
 
 import math
@@ -15,6 +15,7 @@ from minildm.config import MinildmError
 from minildm.losses import (AutoencoderLoss, LossConfig, PatchDiscriminator, PerceptualLoss, VGG16Features,
                             adaptive_weight, generator_adversarial_loss, hinge_d_loss, load_perceptual,
                             vgg16_from_torchvision)
+from minildm.perceptual import EarlyInceptionFeatures
 
 # torchvision's VGG16 "features": conv widths and "M" for max pooling, each conv followed by a ReLU.
 TORCHVISION_LAYOUT = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
@@ -63,7 +64,7 @@ def random_images(n: int = 2, size: int = 32) -> torch.Tensor:
 def assert_same_features(perceptual: PerceptualLoss, features: nn.Sequential) -> None:
     images = random_images()
     with torch.no_grad():
-        for ours, theirs in zip(perceptual.vgg(images), reference_lpips_features(features, images), strict=True):
+        for ours, theirs in zip(perceptual.network(images), reference_lpips_features(features, images), strict=True):
             assert ours.shape == theirs.shape and torch.allclose(ours, theirs, atol=1e-5)
 
 
@@ -110,8 +111,10 @@ def test_load_perceptual_downloads_once_and_converts(fake_torchvision, tmp_path,
     assert "warning" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("inception", ["installed", "missing"])
 @pytest.mark.parametrize("failure", ["missing file", "timeout"])
-def test_offline_load_perceptual_warns_once_and_returns_none(failure, tmp_path, monkeypatch, capsys):
+def test_offline_load_perceptual_warns_once_and_falls_back(failure, inception, tmp_path, monkeypatch, capsys):
+    """Offline, the FID Inception's early layers replace VGG16; without the fid extra, nothing does."""
     monkeypatch.setenv("MINILDM_DATA_DIR", str(tmp_path))
     monkeypatch.delenv(losses.VGG16_WEIGHTS_ENV, raising=False)
     monkeypatch.setattr(losses, "VGG16_URL", (tmp_path / "nowhere" / "vgg16.pth").as_uri())
@@ -119,12 +122,23 @@ def test_offline_load_perceptual_warns_once_and_returns_none(failure, tmp_path, 
         def time_out(*args, **kwargs):
             raise TimeoutError("timed out")
         monkeypatch.setattr(losses.urllib.request, "urlopen", time_out)
-    assert load_perceptual() is None
+    if inception == "missing":
+        def not_installed():
+            raise MinildmError("the FID Inception network was not found")
+        monkeypatch.setattr("minildm.perceptual.inception_weights_path", not_installed)
+    loaded = load_perceptual()
     captured = capsys.readouterr()
     lines = (captured.out + captured.err).splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith("warning: VGG16 weights unavailable (offline?): training without the perceptual "
-                               f"loss; put vgg16.safetensors in {tmp_path / 'weights'} to enable it")
+    if inception == "missing":
+        assert loaded is None
+        assert lines[0].startswith("warning: VGG16 weights unavailable (offline?): training without the perceptual "
+                                   f"loss; put vgg16.safetensors in {tmp_path / 'weights'} to enable it")
+    else:
+        assert isinstance(loaded.network, EarlyInceptionFeatures) and loaded.description.startswith("FID Inception")
+        assert lines[0].startswith("warning: VGG16 weights unavailable (offline?): the perceptual loss uses the FID "
+                                   "Inception-v3's early layers instead; put vgg16.safetensors in "
+                                   f"{tmp_path / 'weights'} for the paper's VGG16 (")
 
 
 def test_perceptual_distance_properties():
