@@ -52,7 +52,7 @@ def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, *, config: Auto
     refuses to resume with another. ``data_description`` records the images in
     ``config.json`` for the command line. ``gradient_checkpointing`` recomputes activations
     in the backward pass (:func:`minildm.nn.set_gradient_checkpointing`): less memory, the
-    same weights, about a third more time per step.
+    same weights, more time per step (README).
     """
     preset = profile.autoencoder
     device = torch.device(profile.device)

@@ -137,8 +137,8 @@ def train_ldm(run_dir: str | Path, pixels: Tensor, *, autoencoder_dir: str | Pat
     images. AdamW with a short warm-up and a cosine decay; EMA of the weights for sampling.
     ``data_description`` records the images in ``config.json`` for the command line.
     ``gradient_checkpointing`` recomputes the UNet's activations in the backward pass
-    (:func:`minildm.nn.set_gradient_checkpointing`): less memory, the same weights, about a
-    third more time per step.
+    (:func:`minildm.nn.set_gradient_checkpointing`): less memory, the same weights, more
+    time per step (README).
     """
     run_dir, preset, device = Path(run_dir), profile.ldm, torch.device(profile.device)
     autoencoder = PixelSpace() if autoencoder_dir is None else load_autoencoder(autoencoder_dir, device)
