@@ -46,8 +46,12 @@ def test_ci_runs_the_readme_test_command():
     commands = re.findall(r"```(?:bash|sh)?\n(.*?)```", readme, flags=re.S)[0].split("\n")
     commands = [c.split("#")[0].strip() for c in commands if c.split("#")[0].strip()]
     assert commands == ["make demo", "make test"]
+    test_command = re.search(r"\*\*The test command is `([^`]+)`\*\*", readme).group(1)
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
-    assert "make test" in ci
+    assert test_command == "make check" and test_command in ci
+    makefile = (ROOT / "Makefile").read_text()
+    assert "check: $(VENV)/.installed\n\tMINILDM_PROFILE=tiny $(BIN)/python -m pytest\n" in makefile  # everything
+    assert '-m pytest -m "not slow"' in makefile  # make test: all but the slow tests
 
 
 def test_profile_from_environment_and_argument(monkeypatch):
