@@ -1,7 +1,7 @@
 # Two commands for a fresh machine:
 #   make demo   create .venv, install minildm, run the end-to-end demo on toy faces
 #   make test   create .venv, install minildm, run the unit tests and every notebook (nbval),
-#               leaving out the tests marked slow (about 12 minutes on 2 cores)
+#               leaving out the tests marked slow (about 17 minutes on 2 cores)
 #   make check  the same with the slow tests: everything CI runs (.ci/run)
 #   make lab    create .venv, install minildm, start JupyterLab on notebooks/
 # A plain PyPI torch wheel is a CUDA build on Linux (right for a GPU box); set TORCH to
