@@ -21,8 +21,8 @@ from minildm.data.images import uint8_to_float
 from minildm.nn import set_gradient_checkpointing
 from minildm.train import TrainConfig, Trainer
 
-RUN_CONFIG_KEYS = ("stage", "autoencoder", "loss", "learning_rate", "data", "perceptual")  # its config.json
-ADDED_KEYS = ("perceptual",)  # run folders written before the perceptual network was recorded lack these
+RUN_CONFIG_KEYS = ("stage", "autoencoder", "loss", "learning_rate", "data", "perceptual", "start_from")  # config.json
+ADDED_KEYS = ("perceptual", "start_from")  # run folders written before these were recorded lack them
 
 
 def autoencoder_config(profile: Profile, *, factor: int = 4, reg: str = "kl",
@@ -40,7 +40,8 @@ def autoencoder_config(profile: Profile, *, factor: int = 4, reg: str = "kl",
 def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, *, config: AutoencoderConfig, profile: Profile,
                       steps: int | None = None, seed: int = 0, perceptual: losses.PerceptualLoss | None = None,
                       data_description: dict | None = None, progress: bool = True, accumulate: int = 1,
-                      gradient_checkpointing: bool = False) -> Autoencoder:
+                      gradient_checkpointing: bool = False, start_from: str | Path | None = None,
+                      disc_start: int | None = None) -> Autoencoder:
     """Train (or resume) an autoencoder on uint8 images (N, 3, R, R); returns it with its
     scale factor set (KL: 1 / std of the latents; VQ: 1).
 
@@ -52,14 +53,20 @@ def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, *, config: Auto
     refuses to resume with another. ``data_description`` records the images in
     ``config.json`` for the command line. ``gradient_checkpointing`` recomputes activations
     in the backward pass (:func:`minildm.nn.set_gradient_checkpointing`): less memory, the
-    same weights, more time per step (README).
+    same weights, more time per step (README). ``start_from``: a finished run folder whose
+    autoencoder weights this run starts from (fine-tuning; the discriminator starts fresh), and
+    ``disc_start`` replaces the profile's step at which the patch GAN switches on.
     """
     preset = profile.autoencoder
     device = torch.device(profile.device)
     torch.manual_seed(seed)
     autoencoder = build_autoencoder(config).to(device)
     set_gradient_checkpointing(autoencoder, gradient_checkpointing)
-    loss_config = losses.LossConfig.from_autoencoder(config, disc_start=preset.disc_start,
+    if start_from is not None:
+        autoencoder.load_state_dict(load_autoencoder(start_from, device).state_dict())
+        autoencoder.scale_factor.fill_(1.0)  # measured again below, on the fine-tuned weights
+    loss_config = losses.LossConfig.from_autoencoder(config, disc_start=preset.disc_start if disc_start is None
+                                                   else disc_start,
                                                    l2_weight=preset.l2_weight)
     objective = losses.AutoencoderLoss(loss_config, perceptual).to(device)
     optimizers = {
@@ -85,7 +92,8 @@ def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, *, config: Auto
                                cosine_decay=True, checkpoint_every=max(1, steps // 5), figure_every=max(1, steps // 5))
     run_config = {"stage": "autoencoder", "autoencoder": config.to_dict(), "loss": loss_config.to_dict(),
                   "learning_rate": preset.learning_rate, "data": data_description or {},
-                  "perceptual": perceptual.description if perceptual is not None else None}
+                  "perceptual": perceptual.description if perceptual is not None else None,
+                  "start_from": str(start_from) if start_from is not None else None}
     trainer = Trainer(run_dir, {"autoencoder": autoencoder, "loss": objective}, optimizers=optimizers,
                       loss_fn=loss_fn, data={"pixels": pixels}, config=train_config,
                       run_config=ckpt.as_recorded(Path(run_dir), run_config, ADDED_KEYS),

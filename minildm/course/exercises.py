@@ -53,7 +53,7 @@ EXERCISES = [
     Exercise("01.2", "KL term", section=2, stars=1, minutes=15),
     Exercise("01.3", "hinge loss", section=3, stars=1, minutes=10),
     Exercise("01.4", "adaptive GAN weight", section=3, stars=2, minutes=25),
-    Exercise("01.5", "latent scale factor", section=7, stars=1, minutes=10),
+    Exercise("01.5", "latent scale factor", section=8, stars=1, minutes=10),
     Exercise("02.1", "nearest code", section=1, stars=2, minutes=20),
     Exercise("02.2", "straight-through estimator", section=2, stars=2, minutes=15),
     Exercise("02.3", "codebook and commitment losses", section=2, stars=2, minutes=20),

