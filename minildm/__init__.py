@@ -50,6 +50,8 @@ What a first reading can skip lives in three subpackages:
 - :mod:`minildm.evaluation`: :mod:`~minildm.evaluation.metrics` (PSNR, SSIM, FID, KID; 05, 09),
   :mod:`~minildm.evaluation.judge` (a classifier that reads toy-face attributes off samples; 07),
   :mod:`~minildm.evaluation.agreement` (raw and balanced agreement with a request; 07),
+  :mod:`~minildm.evaluation.rate_distortion` (bits against error for a Gaussian model of the
+  images, the paper's Fig. 2; spectral detail; 01),
   :mod:`~minildm.evaluation.scores` (the score of each kind of model; 01, 05, 07, 08),
   :mod:`~minildm.evaluation.bench` (pixel against latent cost, the paper's claim; 09);
 - :mod:`minildm.interop`: models to and from Hugging Face diffusers (export an LDM, import an

@@ -76,6 +76,29 @@ def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, *, config: Auto
                                           lr=preset.learning_rate, betas=(0.5, 0.9)),
     }
 
+    steps = steps or preset.steps
+    train_config = TrainConfig(steps=steps, batch_size=preset.batch_size, accumulate=accumulate, seed=seed,
+                               cosine_decay=True, checkpoint_every=max(1, steps // 5), figure_every=max(1, steps // 5))
+    run_config = {"stage": "autoencoder", "autoencoder": config.to_dict(), "loss": loss_config.to_dict(),
+                  "learning_rate": preset.learning_rate, "data": data_description or {},
+                  "perceptual": perceptual.description if perceptual is not None else None,
+                  "start_from": str(start_from) if start_from is not None else None}
+    trainer = Trainer(run_dir, {"autoencoder": autoencoder, "loss": objective}, optimizers=optimizers,
+                      loss_fn=training_losses(autoencoder, objective), data={"pixels": pixels}, config=train_config,
+                      run_config=ckpt.as_recorded(Path(run_dir), run_config, ADDED_KEYS),
+                      figure_fn=reconstruction_figure(uint8_to_float(pixels[:8]).to(device)), progress=progress)
+    trainer.fit()
+    if config.reg == "kl" and autoencoder.scale_factor.item() == 1.0:  # not yet measured (a finished run has it)
+        autoencoder.scale_factor.fill_(measure_scale_factor(autoencoder, uint8_to_float(pixels[:2048]).to(device)))
+        trainer.save_checkpoint()
+    autoencoder.eval()
+    return autoencoder
+
+
+def training_losses(autoencoder: Autoencoder, objective: losses.AutoencoderLoss):
+    """The trainer's loss function: a batch of uint8 images, flipped at random, gives the
+    autoencoder's loss and, once the GAN is on, the discriminator's."""
+
     def loss_fn(batch, step):
         images = random_flip(uint8_to_float(batch["pixels"]))  # (B, 3, R, R) in [-1, 1]
         reconstruction, extras = autoencoder(images)
@@ -87,23 +110,7 @@ def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, *, config: Auto
             logs.update(disc_logs)
         return step_losses, logs
 
-    steps = steps or preset.steps
-    train_config = TrainConfig(steps=steps, batch_size=preset.batch_size, accumulate=accumulate, seed=seed,
-                               cosine_decay=True, checkpoint_every=max(1, steps // 5), figure_every=max(1, steps // 5))
-    run_config = {"stage": "autoencoder", "autoencoder": config.to_dict(), "loss": loss_config.to_dict(),
-                  "learning_rate": preset.learning_rate, "data": data_description or {},
-                  "perceptual": perceptual.description if perceptual is not None else None,
-                  "start_from": str(start_from) if start_from is not None else None}
-    trainer = Trainer(run_dir, {"autoencoder": autoencoder, "loss": objective}, optimizers=optimizers,
-                      loss_fn=loss_fn, data={"pixels": pixels}, config=train_config,
-                      run_config=ckpt.as_recorded(Path(run_dir), run_config, ADDED_KEYS),
-                      figure_fn=reconstruction_figure(uint8_to_float(pixels[:8]).to(device)), progress=progress)
-    trainer.fit()
-    if config.reg == "kl" and autoencoder.scale_factor.item() == 1.0:  # not yet measured (a finished run has it)
-        autoencoder.scale_factor.fill_(measure_scale_factor(autoencoder, uint8_to_float(pixels[:2048]).to(device)))
-        trainer.save_checkpoint()
-    autoencoder.eval()
-    return autoencoder
+    return loss_fn
 
 
 def reconstruction_figure(shown: torch.Tensor):

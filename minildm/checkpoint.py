@@ -163,7 +163,9 @@ def write_run_config(run_dir: Path, run_config: dict) -> None:
     if path.exists():
         saved = _read_json(path)
         if saved != json.loads(json.dumps(run_config)):
-            changed = sorted(k for k in {*saved, *run_config} if saved.get(k) != run_config.get(k))
+            recorded = json.loads(json.dumps(run_config))
+            changed = sorted(k for k in {*saved, *recorded} if k not in saved or k not in recorded
+                             or saved[k] != recorded[k])
             raise CheckpointError(f"{run_dir} holds a run with another configuration "
                                   f"(differs in: {', '.join(changed)}); choose another --out or delete it")
         return

@@ -4,7 +4,9 @@
   x_{t-1} from the posterior q(x_{t-1} | x_t, x0_hat) of eq. 7 around the network's x0_hat;
 - DDIM (Song et al. 2021, eq. 12): any subsequence of the steps; ``eta = 0`` is deterministic,
   so noise and samples correspond one to one (:func:`ddim_invert` goes back; :func:`slerp`
-  moves between two noises along the sphere they live near).
+  moves between two noises along the sphere they live near);
+- measuring a trajectory: :func:`distance_to_result` and :func:`settling_step` (when the
+  predicted x0 stops changing much).
 
 Each sampler comes twice: ``*_sample`` returns the sample, ``*_trajectory`` a
 :class:`Trajectory` with every state and every predicted x0 along the way. ``denoise`` is any
@@ -14,6 +16,7 @@ function ``(x_t, t) -> network output`` (:meth:`minildm.ldm.LatentDiffusion.deno
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -192,3 +195,20 @@ def slerp(a: Tensor, b: Tensor, weight: float) -> Tensor:
     if angle.abs() < 1e-6:
         return torch.lerp(a, b, weight)
     return (torch.sin((1 - weight) * angle) * a + torch.sin(weight * angle) * b) / torch.sin(angle)
+
+
+def distance_to_result(predictions: Sequence[Tensor], result: Tensor) -> Tensor:
+    """Root-mean-square distance of each step's prediction (B, ...) to the final ``result``
+    (B, ...), per step and sample: (steps, B). With decoded x0 predictions it says how far the
+    image the network expects is from the image the sampler ends on (notebook 06)."""
+    return torch.stack([(prediction - result).flatten(1).square().mean(dim=1).sqrt() for prediction in predictions])
+
+
+def settling_step(distances: Tensor, fraction: float) -> int:
+    """The first step (counted from 1) from which ``distances`` (steps,) stay at or below
+    ``fraction`` of the distance at step 1 until the end; ``len(distances) + 1`` if the last
+    one is above it. A curve that dips and rises again settles only after its last rise."""
+    if distances.ndim != 1 or len(distances) == 0:
+        raise ValueError(f"expected a non-empty 1-d tensor of distances, got shape {tuple(distances.shape)}")
+    above = (distances > fraction * distances[0]).nonzero()  # steps (from 0) still above the threshold
+    return 1 if len(above) == 0 else int(above[-1]) + 2

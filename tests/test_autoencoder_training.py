@@ -147,3 +147,27 @@ def test_a_run_folder_with_an_unknown_or_missing_key_is_refused_naming_it(traine
     result = subprocess.run([sys.executable, "-m", "minildm", "evaluate", "--profile", "tiny", "--ae", str(tmp_path)],
                             capture_output=True, text=True)
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and named in result.stderr
+
+
+def test_fine_tuning_starts_from_a_finished_run(tmp_path, trained, pixels):
+    source_dir, source = trained
+    profile = get_profile("tiny")
+    config = stage.autoencoder_config(profile, factor=4, reg="kl")
+    tuned = stage.train_autoencoder(tmp_path / "tuned", pixels, config=config, profile=profile, steps=1,
+                                    start_from=source_dir, disc_start=0, progress=False)
+    fresh = stage.train_autoencoder(tmp_path / "fresh", pixels, config=config, profile=profile, steps=1,
+                                    progress=False)
+
+    def largest_change(a, b):
+        return max((p - q).abs().max().item() for (name, p), q in zip(a.state_dict().items(), b.state_dict().values())
+                   if name != "scale_factor")
+
+    step_size = profile.autoencoder.learning_rate * 1.01  # Adam's first step moves each weight by at most lr
+    assert largest_change(tuned, source) <= step_size < largest_change(fresh, source)
+    saved = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert saved["start_from"] == str(source_dir) and saved["loss"]["disc_start"] == 0
+    history = ckpt.load(tmp_path / "tuned" / "checkpoint.safetensors")[1]["history"]
+    assert "d_weight" in history[0]  # the patch GAN was on from the first step
+    with torch.no_grad():  # the scale factor is measured again, on the fine-tuned weights
+        latents = tuned.encode(pixels.float() / 127.5 - 1)
+    assert tuned.scale_factor.item() == pytest.approx(1 / latents.std().item(), rel=0.1)

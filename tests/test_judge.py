@@ -220,3 +220,19 @@ def test_toy_face_distances_rank_fresh_faces_above_hatless_faces_and_non_faces(t
     strangers = features(non_faces(500, 32, seed=FRESH_SEED))
     scores = [feature_distances(reference, other)["fid"] for other in (same, hatless, strangers)]
     assert scores[0] < scores[1] < scores[2], scores  # a shifted attribute costs less than no faces at all
+
+
+def test_balanced_training_stops_a_rare_attribute_from_being_always_off(one_thread):
+    # pure-noise images carry no signal: plain cross-entropy learns the 5% prior (always off),
+    # the balanced loss weighs the rare positives 19 times and its best constant is 50/50
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(2000, 3, 16, 16, generator=generator) * 2 - 1
+    targets = (torch.rand(2000, 1, generator=generator) < 0.05).float()
+    fresh = torch.rand(500, 3, 16, 16, generator=generator) * 2 - 1  # nothing memorised applies to these
+    predicted_on = {}
+    for balance in (False, True):
+        classifier = judge.train_classifier(images, targets, steps=150, batch_size=64, balance=balance, width=8)
+        with torch.no_grad():
+            predicted_on[balance] = (classifier(fresh) > 0).float().mean().item()
+    assert predicted_on[False] < 0.05
+    assert predicted_on[True] > 0.2

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from minildm import autoencoder_training, checkpoint
-from minildm.config import get_profile
+from minildm.config import MinildmError, get_profile
 from minildm.data.images import float_to_uint8, uint8_to_float
 from minildm.evaluation.metrics import frechet_distance
-from minildm.evaluation.scores import evaluate_ldm
+from minildm.evaluation.scores import FLOOR_LABEL, evaluate_ldm, heldout_loss, kid_difference, score_table
 from minildm.ldm import LatentDiffusion
 from minildm.ldm_training import ldm_config, load_ldm, mirrored_batches, train_ldm
 
@@ -150,6 +150,48 @@ def test_the_floor_is_real_against_real_at_the_same_n(trained, pixels):
     assert results["n_floor"] == 16 and list(results)[:3] == ["kid", "kid_std", "fid"]  # KID leads
     assert "kid_floor" in results and "kid_std_floor" in results
     assert "fid_floor" not in evaluate_ldm(model, pixels[:16], n_samples=4, steps=2, features=mean_colour)
+
+
+def test_heldout_loss_is_the_training_loss_on_the_same_draws_for_every_model(trained, pixels):
+    _, model = trained
+    latents = model.encode(uint8_to_float(pixels[:40]))
+    values = heldout_loss(model, latents, seed=3, repeats=2, chunk=16)
+    assert values.shape == (6,)  # 2 passes of 3 chunks (16, 16, 8)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        expected = [model.loss(batch, generator).item() for _ in range(2) for batch in latents.split(16)]
+    assert values.tolist() == pytest.approx(expected, rel=1e-5)
+    assert torch.equal(heldout_loss(model, latents, seed=3, repeats=2, chunk=16), values)  # paired draws
+    assert not torch.equal(heldout_loss(model, latents, seed=4, repeats=2, chunk=16), values)
+    fresh = LatentDiffusion(model.config, model.autoencoder).train()
+    assert heldout_loss(fresh, latents).mean().item() == pytest.approx(1.0, abs=0.25)  # a zero output: E[v^2] ~ 1
+    assert fresh.unet.training  # its mode is given back
+
+
+def _scores(kid, kid_std=0.002, **changes):
+    return {"kid": kid, "kid_std": kid_std, "fid": 12.345, "kid_floor": 0.001, "kid_std_floor": 0.0015,
+            "fid_floor": 5.5, "features": "judge", "n_samples": 16, "n_reference": 16, "n_floor": 16, **changes}
+
+
+def test_score_table_puts_the_floor_first_and_refuses_numbers_that_cannot_be_compared(trained, pixels):
+    lines = score_table({"EMA weights": _scores(0.0123), "raw weights": _scores(0.0456)}).splitlines()
+    assert "16 samples against 16 held-out images" in lines[0] and "judge" in lines[0]
+    assert lines[2].startswith(FLOOR_LABEL) and "0.0010 ± 0.0015" in lines[2] and "5.50" in lines[2]
+    assert lines[3].startswith("EMA weights") and "0.0123 ± 0.0020" in lines[3] and "12.35" in lines[3]
+    assert lines[4].startswith("raw weights") and "0.0456" in lines[4] and len(lines) == 5
+    for key, value in (("n_samples", 8), ("features", "Inception"), ("kid_floor", 0.002)):
+        with pytest.raises(MinildmError, match=key):
+            score_table({"a": _scores(0.01), "b": _scores(0.02, **{key: value})})
+    _, model = trained
+    measured = evaluate_ldm(model, pixels[:8], steps=2, features=lambda images: images.float().mean(dim=(2, 3)))
+    assert len(score_table({"model": measured}).splitlines()) == 3  # no floor given, no floor row
+
+
+def test_kid_difference_is_within_the_spread_only_when_the_stds_cover_it():
+    gap = kid_difference(_scores(0.020, kid_std=0.003), _scores(0.010, kid_std=0.004))
+    assert gap["difference"] == pytest.approx(0.010) and gap["spread"] == pytest.approx(0.005)
+    assert not gap["within_spread"]
+    assert kid_difference(_scores(0.010, kid_std=0.006), _scores(0.020, kid_std=0.008))["within_spread"]
 
 
 def test_pixel_space_model_diffuses_the_images_themselves(tmp_path, pixels):

@@ -115,3 +115,11 @@ def test_missing_inception_weights_give_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv(metrics.INCEPTION_ENV, str(tmp_path / "none.pt"))
     with pytest.raises(MinildmError, match="MINILDM_INCEPTION_WEIGHTS names .* which is not a file"):
         metrics.InceptionFeatures()
+
+
+def test_relative_spread_is_the_ratio_of_total_variances():
+    reference = torch.randn(400, 8, generator=torch.Generator().manual_seed(0))
+    assert metrics.relative_spread(reference, reference) == pytest.approx(1.0)
+    assert metrics.relative_spread(0.5 * reference + 3.0, reference) == pytest.approx(0.25)  # a shift changes nothing
+    collapsed = reference[:1].repeat(400, 1)  # one sample drawn 400 times
+    assert metrics.relative_spread(collapsed, reference) == 0.0

@@ -185,3 +185,9 @@ def test_learning_rate_warms_up_then_follows_a_half_cosine(tmp_path):
     trainer.fit()
     group = trainer.optimizers["model"].param_groups[0]
     assert group["lr"] == pytest.approx(1e-2 * 3 / 4) and group["initial_lr"] == 1e-2
+
+
+def test_a_key_missing_from_the_recorded_configuration_is_named(tmp_path):
+    ckpt.write_run_config(tmp_path, {"stage": "ldm", "extra": None})
+    with pytest.raises(ckpt.CheckpointError, match=r"differs in: extra\)"):
+        ckpt.write_run_config(tmp_path, {"stage": "ldm"})  # None against missing: still a difference

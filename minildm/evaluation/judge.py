@@ -95,19 +95,26 @@ def _check_targets(images: Tensor, targets: Tensor) -> Tensor:
 
 def train_classifier(images: Tensor, targets: Tensor, *, steps: int, batch_size: int = 128,
                      learning_rate: float = 2e-3, seed: int = 0, progress: bool = False,
-                     augment: bool = True) -> AttributeClassifier:
+                     augment: bool = True, balance: bool = False, width: int = 16) -> AttributeClassifier:
     """Train an :class:`AttributeClassifier` with binary cross-entropy on each output.
 
     ``images``: uint8 or float in [-1, 1], (N, 3, R, R). ``targets``: bool or float (N, K);
     a NaN target means "unknown" and is left out of the loss. Batches are drawn at random
     from ``seed``, which also sets the initial weights; ``augment`` flips half of each batch
     left-right (toy-face and CelebA attributes are all mirror-invariant). AdamW, cosine decay.
+    ``balance`` weighs each attribute's positives by its ratio of negatives to positives, so a
+    rare attribute counts as much as a common one: what a classifier judged by its balanced
+    accuracy (mean of true-positive and true-negative rates) should minimise.
     """
     targets = _check_targets(images, targets)
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        classifier = AttributeClassifier(targets.shape[1])
+        classifier = AttributeClassifier(targets.shape[1], width=width)
+    positive_weight = torch.ones(targets.shape[1])
+    if balance:
+        positives, negatives = (targets == 1).sum(0), (targets == 0).sum(0)  # NaN counts as neither
+        positive_weight = negatives.float() / positives.clamp(min=1).float()
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
     for _ in tqdm(range(steps), desc="training classifier", disable=not progress):
@@ -117,7 +124,8 @@ def train_classifier(images: Tensor, targets: Tensor, *, steps: int, batch_size:
             flip = torch.rand(batch_size, generator=generator) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
         known = ~y.isnan()
-        loss = F.binary_cross_entropy_with_logits(classifier(x)[known], y[known])
+        weight = torch.where(y == 1, positive_weight, torch.ones_like(positive_weight))  # (B, K)
+        loss = F.binary_cross_entropy_with_logits(classifier(x)[known], y[known], weight=weight[known])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -133,11 +141,13 @@ def accuracy(classifier: AttributeClassifier, images: Tensor, targets: Tensor, b
 
 
 def train_attribute_classifier(train_pixels: Tensor, train_attributes: Tensor, heldout_pixels: Tensor,
-                               heldout_attributes: Tensor, *, steps: int, seed: int = 0,
-                               progress: bool = False) -> tuple[AttributeClassifier, Tensor]:
+                               heldout_attributes: Tensor, *, steps: int, seed: int = 0, progress: bool = False,
+                               balance: bool = False, width: int = 16) -> tuple[AttributeClassifier, Tensor]:
     """Train a classifier on real images (e.g. CelebA) and their attributes (N, K); return it
-    with its accuracy (K,) on held-out images that it never saw in training."""
-    classifier = train_classifier(train_pixels, train_attributes, steps=steps, seed=seed, progress=progress)
+    with its accuracy (K,) on held-out images that it never saw in training (``balance`` and
+    ``width``: see :func:`train_classifier`)."""
+    classifier = train_classifier(train_pixels, train_attributes, steps=steps, seed=seed, progress=progress,
+                                  balance=balance, width=width)
     return classifier, accuracy(classifier, heldout_pixels, heldout_attributes)
 
 

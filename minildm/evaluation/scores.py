@@ -18,6 +18,7 @@ Every result carries its sample counts and settings, so a number is never quoted
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -31,9 +32,12 @@ from minildm.data.images import float_to_uint8, uint8_to_float
 from minildm.evaluation.judge import ToyFaceJudge
 from minildm.evaluation.metrics import InceptionFeatures, feature_distances, psnr, ssim
 from minildm.image_conditions import bicubic_upsample, downsample, paste, random_masks
-from minildm.ldm import DEFAULT_GUIDANCE, LatentDiffusion
+from minildm.ldm import DEFAULT_GUIDANCE, LatentDiffusion, evaluating
 
 NO_BEARD = toyfaces.ATTRIBUTES.index("No_Beard")
+FLOOR_LABEL = "real vs real (floor)"
+# What two results of evaluate_ldm must share for their numbers to be compared
+COMPARABLE_KEYS = ("n_samples", "n_reference", "n_floor", "features", "kid_floor", "fid_floor")
 
 
 @torch.no_grad()
@@ -107,6 +111,61 @@ def _kid_first(distances: dict) -> list[tuple[str, float]]:
     return [(key, distances[key]) for key in ("kid", "kid_std", "fid")]
 
 
+def score_table(named_scores: dict[str, dict]) -> str:
+    """Results of :func:`evaluate_ldm` as a table: a header with the counts and the features,
+    the floor (real against real at the same n) when there is one, then one row per model with
+    KID ± its std over subsets, and FID. Results scored on other counts, features or reference
+    images (:data:`COMPARABLE_KEYS`) are refused: their numbers cannot be compared."""
+    if not named_scores:
+        raise MinildmError("no scores to tabulate")
+    (first_name, first), *_ = named_scores.items()
+    for name, scores in named_scores.items():
+        differing = [key for key in COMPARABLE_KEYS if scores.get(key) != first.get(key)]
+        if differing:
+            raise MinildmError(f"{name!r} was scored with another {', '.join(differing)} than {first_name!r}, "
+                               "so their numbers cannot be compared")
+    width = max(len(name) for name in [*named_scores, FLOOR_LABEL])
+    floor = f", floor: {first['n_floor']} other held-out images" if first.get("n_floor") else ""
+    lines = [f"{first['n_samples']} samples against {first['n_reference']} held-out images{floor}; "
+             f"features: {first['features']}",
+             f"{'':{width}}  {'KID':>9}   {'std':<8}{'FID':>10}"]
+    rows = [(FLOOR_LABEL, first, "_floor")] if first.get("n_floor") else []
+    for name, scores, suffix in rows + [(name, scores, "") for name, scores in named_scores.items()]:
+        lines.append(f"{name:{width}}  {scores['kid' + suffix]:9.4f} ± {scores['kid_std' + suffix]:<8.4f}"
+                     f"{scores['fid' + suffix]:10.2f}")
+    return "\n".join(lines)
+
+
+def kid_difference(first: dict, second: dict) -> dict:
+    """KID of ``first`` minus KID of ``second`` (results of :func:`evaluate_ldm`), and a rough
+    spread for it: the two KID stds over subsets combined as for independent estimates
+    (subsets of half the samples vary more than the full set, so the spread errs on the wide
+    side). ``within_spread``: the difference is no larger than that spread."""
+    difference = first["kid"] - second["kid"]
+    spread = math.hypot(first["kid_std"], second["kid_std"])
+    return {"difference": round(difference, 5), "spread": round(spread, 5), "within_spread": abs(difference) <= spread}
+
+
+@torch.no_grad()
+def heldout_loss(model: LatentDiffusion, latents: Tensor, *, seed: int = 0, repeats: int = 4,
+                 chunk: int = 32) -> Tensor:
+    """The training loss (LDM eq. 2) of an unconditional model on scaled latents (N, c, h, w)
+    it never trained on: one value per chunk of ``chunk`` latents in each of ``repeats``
+    passes, (repeats * ceil(N / chunk),); their mean is the held-out loss.
+
+    Time steps and noise come from one generator seeded with ``seed``, so two models scored
+    with the same latents and seed meet the same t and noise: the difference of their values
+    is paired, and its mean over chunks with its standard error says which loss is lower.
+    """
+    if model.kind != "none":
+        raise MinildmError(f"the held-out loss is for unconditional models, not a {model.kind!r} model")
+    generator = torch.Generator().manual_seed(seed)
+    with evaluating(model.networks()):
+        values = [model.loss(batch.to(model.device), generator)
+                  for _ in range(repeats) for batch in latents.split(chunk)]
+    return torch.stack(values).float().cpu()
+
+
 def evaluate_conditional(model: LatentDiffusion, held_out: ImageDataset, judge: ToyFaceJudge | None,
                          seed: int = 0) -> dict:
     """The score of a conditional model on held-out images: judge agreement for token models
@@ -125,8 +184,8 @@ def evaluate_conditional(model: LatentDiffusion, held_out: ImageDataset, judge: 
     result = judge_token_model(model, judge, conditions=conditions, attributes=held_out.attributes,
                                resolution=held_out.resolution, guidance=DEFAULT_GUIDANCE, seed=seed)
     scored = scored_attributes(model.kind, held_out.attributes)
-    ignoring = judge.agreement(null_condition_samples(model, len(held_out), resolution=held_out.resolution, seed=seed),
-                               held_out.attributes, mask=scored, seed=seed)
+    null_samples = sample_in_batches(model, None, n=len(held_out), resolution=held_out.resolution, seed=seed)
+    ignoring = judge.agreement(null_samples, held_out.attributes, mask=scored, seed=seed)
     result["accuracy_unconditional"] = ignoring["accuracy"]
     result["balanced_agreement_unconditional"] = ignoring["balanced_agreement"]
     on_real = judge.agreement(held_out.images(), held_out.attributes, mask=scored)
@@ -146,23 +205,17 @@ def mentioned_attributes(attributes: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def sample_in_batches(model: LatentDiffusion, conditions: Tensor, *, resolution: int, guidance: float,
-                      steps: int = 50, seed: int = 0, batch_size: int = 128) -> Tensor:
-    """One DDIM sample per condition row, (N, 3, R, R) in [-1, 1], seeded."""
+def sample_in_batches(model: LatentDiffusion, conditions: Tensor | None, *, resolution: int, guidance: float = 1.0,
+                      n: int | None = None, steps: int = 50, seed: int = 0, batch_size: int = 128) -> Tensor:
+    """One DDIM sample per condition row, (N, 3, R, R) in [-1, 1], seeded. ``conditions`` None
+    draws ``n`` samples of the null condition: the unconditional model that classifier-free
+    guidance trains alongside the conditional one (Ho & Salimans 2022). Scored against
+    requests, it is the baseline of a model that ignores them."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.cat([model.sample(len(chunk), resolution, steps=steps, generator=generator, condition=chunk,
-                                   guidance=guidance).cpu() for chunk in conditions.split(batch_size)])
-
-
-@torch.no_grad()
-def null_condition_samples(model: LatentDiffusion, n: int, *, resolution: int, steps: int = 50, seed: int = 0,
-                           batch_size: int = 128) -> Tensor:
-    """``n`` samples (N, 3, R, R) of the null condition: the unconditional model that
-    classifier-free guidance trains alongside the conditional one (Ho & Salimans 2022). Scored
-    against requests, it is the baseline of a model that ignores them."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.cat([model.sample(len(chunk), resolution, steps=steps, generator=generator).cpu()
-                      for chunk in torch.arange(n).split(batch_size)])
+    rows = torch.arange(len(conditions) if conditions is not None else n)
+    return torch.cat([model.sample(len(chunk), resolution, steps=steps, generator=generator, guidance=guidance,
+                                   condition=None if conditions is None else conditions[chunk]).cpu()
+                      for chunk in rows.split(batch_size)])
 
 
 def judge_token_model(model: LatentDiffusion, judge: ToyFaceJudge, *, conditions: Tensor, attributes: Tensor,
