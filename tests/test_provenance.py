@@ -62,3 +62,10 @@ def test_a_notebook_without_a_record_or_with_an_unknown_profile_is_reported(tmp_
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda path: path.name[:2])
 def test_every_notebook_names_the_presets_it_uses(path):
     assert set(provenance.NOTEBOOK_PRESETS[path.name[:2]]) <= set(provenance.preset_fingerprints(PROFILES["cpu"]))
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda path: path.name[:2])
+def test_committed_outputs_come_from_todays_presets(path):
+    run = provenance.recorded_run(path)
+    assert run is not None and run["profile"] == "cpu"  # committed outputs are a cpu run
+    assert provenance.stale_presets(path) == []
