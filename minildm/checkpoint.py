@@ -161,9 +161,8 @@ def write_run_config(run_dir: Path, run_config: dict) -> None:
     configuration rather than resume it."""
     path = run_dir / "config.json"
     if path.exists():
-        saved = _read_json(path)
-        if saved != json.loads(json.dumps(run_config)):
-            recorded = json.loads(json.dumps(run_config))
+        saved, recorded = _read_json(path), json.loads(json.dumps(run_config))  # as JSON would store it
+        if saved != recorded:
             changed = sorted(k for k in {*saved, *recorded} if k not in saved or k not in recorded
                              or saved[k] != recorded[k])
             raise CheckpointError(f"{run_dir} holds a run with another configuration "

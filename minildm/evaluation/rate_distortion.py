@@ -24,13 +24,17 @@ from torch import Tensor
 from minildm.evaluation.metrics import to_unit_range
 
 
+def fourier(images: Tensor, mean: Tensor | float = 0.0) -> Tensor:
+    """Orthonormal 2-D Fourier coefficients (N, C, H, W), complex, of images in [-1, 1] taken
+    to the [0, 1] scale that PSNR uses, less ``mean``."""
+    return torch.fft.fft2(to_unit_range(images).double() - mean, norm="ortho")
+
+
 def power_spectrum(images: Tensor) -> tuple[Tensor, Tensor]:
     """Mean image and power spectrum ``S = E|FFT(x - mean)|^2`` of images (N, C, H, W) in
-    [-1, 1], on the [0, 1] scale that PSNR uses; both (C, H, W)."""
-    pixels = to_unit_range(images).double()
-    mean = pixels.mean(dim=0)
-    coefficients = torch.fft.fft2(pixels - mean, norm="ortho")  # (N, C, H, W), complex
-    return mean, coefficients.abs().square().mean(dim=0)
+    [-1, 1], on the [0, 1] scale; both (C, H, W)."""
+    mean = to_unit_range(images).double().mean(dim=0)
+    return mean, fourier(images, mean).abs().square().mean(dim=0)
 
 
 def water_filling(spectrum: Tensor, theta: float) -> tuple[float, float]:
@@ -66,9 +70,8 @@ def shrunk_images(images: Tensor, mean: Tensor, spectrum: Tensor, theta: float) 
     """The images as the water-filling code at level ``theta`` keeps them: each Fourier
     coefficient scaled by ``max(0, 1 - theta / S)`` (its share above the water), so components
     below the water are gone. Returns (N, C, H, W) in [-1, 1]."""
-    coefficients = torch.fft.fft2(to_unit_range(images).double() - mean, norm="ortho")
     kept = (1 - theta / spectrum).clamp(min=0)  # (C, H, W), symmetric like the spectrum
-    pixels = torch.fft.ifft2(coefficients * kept, norm="ortho").real + mean
+    pixels = torch.fft.ifft2(fourier(images, mean) * kept, norm="ortho").real + mean
     return (pixels * 2 - 1).clamp(-1, 1).float()
 
 
@@ -81,6 +84,6 @@ def high_frequency_ratio(reference: Tensor, test: Tensor, cutoff: float = 0.25) 
     high = radius > cutoff  # (H, W)
 
     def energy(images: Tensor) -> Tensor:
-        return torch.fft.fft2(to_unit_range(images).double(), norm="ortho").abs().square()[..., high].sum()
+        return fourier(images).abs().square()[..., high].sum()
 
     return (energy(test) / energy(reference)).item()
