@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from minildm.evaluation.bench import elapsed_seconds
-from minildm.options import integer_list
+from minildm.app.options import integer_list
 from minildm.config import PROFILES
 from minildm.interop.diffusers_unet import diffusers_unet_config
 from minildm.unet import UNet, UNetConfig, parameter_count

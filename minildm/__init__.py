@@ -27,17 +27,17 @@ The model, trained:
 
 - :mod:`~minildm.ldm`: LatentDiffusion: encode, denoise, sample, inpaint, upscale (05-08)
 - :mod:`~minildm.ldm_training`: cached latents, train an LDM into a run folder, load it (05)
-- :mod:`~minildm.train`: the one training loop both stages use: EMA, Ctrl-C, NaN checks (01, 05)
+- :mod:`~minildm.trainer`: the one training loop both stages use: EMA, Ctrl-C, NaN checks (01, 05)
 - :mod:`~minildm.checkpoint`: safetensors files written atomically, run folders (05)
 - :mod:`~minildm.distributed`: several devices under torchrun: shared-out batches, averaged gradients
 - :mod:`~minildm.config`: profiles (tiny, cpu, gpu, the one-GPU recipes), presets, paths (00)
 - :mod:`minildm.course`: the course kit: exercises, the student copy, the grader (docs/teaching.md)
-- :mod:`~minildm.demo`: the whole pipeline on one screen (``python -m minildm demo``)
-- :mod:`~minildm.cli`: the command line, ``python -m minildm COMMAND``; :mod:`~minildm.options`: what
+- :mod:`~minildm.app.demo`: the whole pipeline on one screen (``python -m minildm demo``)
+- :mod:`~minildm.app.cli`: the command line, ``python -m minildm COMMAND``; :mod:`~minildm.app.options`: what
   its modules share (common options, argument types)
 - :mod:`~minildm.setup_cell`: every notebook's first cell (makes ``import minildm`` work on Colab
-  and in a fresh kernel); :mod:`~minildm.notebook_setup` writes it into the notebooks, and
-  :mod:`~minildm.provenance` prints what it reports: profile, device and preset fingerprints
+  and in a fresh kernel); :mod:`~minildm.app.notebooks` writes it into the notebooks, and
+  :mod:`~minildm.app.provenance` prints what it reports: profile, device and preset fingerprints
 - :mod:`~minildm.viz`: image grids
 
 What a first reading can skip lives in three subpackages:

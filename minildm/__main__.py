@@ -1,5 +1,5 @@
-"""``python -m minildm``: the command line (see :mod:`minildm.cli`)."""
+"""``python -m minildm``: the command line (see :mod:`minildm.app.cli`)."""
 
-from minildm.cli import main
+from minildm.app.cli import main
 
 raise SystemExit(main())

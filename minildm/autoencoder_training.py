@@ -19,7 +19,7 @@ from minildm.config import Profile
 from minildm.data import random_flip
 from minildm.data.images import uint8_to_float
 from minildm.nn import set_gradient_checkpointing
-from minildm.train import TrainConfig, Trainer
+from minildm.trainer import TrainConfig, Trainer
 
 RUN_CONFIG_KEYS = ("stage", "autoencoder", "loss", "learning_rate", "data", "perceptual", "start_from")  # config.json
 ADDED_KEYS = ("perceptual", "start_from")  # run folders written before these were recorded lack them

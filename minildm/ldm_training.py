@@ -32,7 +32,7 @@ from minildm.image_conditions import downsample, random_masks, superres_conditio
 from minildm.ldm import DEFAULT_GUIDANCE, LatentDiffusion, LDMConfig
 from minildm.nn import set_gradient_checkpointing
 from minildm.sampling import ddim_sample
-from minildm.train import TrainConfig, Trainer
+from minildm.trainer import TrainConfig, Trainer
 from minildm.unet import UNetConfig
 
 RUN_CONFIG_KEYS = ("stage", "model", "learning_rate", "autoencoder_dir", "data")  # an LDM run's config.json

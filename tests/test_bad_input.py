@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from minildm import checkpoint as ckpt
-from minildm.cli import main
+from minildm.app.cli import main
 
 CASES = [
     # data

@@ -9,8 +9,8 @@ import sys
 import pytest
 from PIL import Image
 
-from minildm import cli
-from minildm.cli import main
+from minildm.app import cli
+from minildm.app.cli import main
 from minildm.config import data_dir
 from minildm.evaluation.judge import OUTPUTS, AttributeClassifier, ToyFaceJudge
 

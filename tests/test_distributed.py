@@ -15,15 +15,15 @@ from minildm import distributed
 TINY = ("--profile", "tiny", "--seed", "0")
 KILL_RANK_ONE = """
 import os, signal, sys
-from minildm import train
-from minildm.cli import main
+from minildm import trainer
+from minildm.app.cli import main
 
-real_step = train.Trainer.train_step
+real_step = trainer.Trainer.train_step
 def step_then_kill(self):
     if self.step == int(sys.argv[1]) and os.environ["RANK"] == "1":
         os.kill(os.getpid(), signal.SIGKILL)
     return real_step(self)
-train.Trainer.train_step = step_then_kill
+trainer.Trainer.train_step = step_then_kill
 sys.exit(main(sys.argv[2:]))
 """
 

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow  # whole runs in separate processes: make check, n
 
 LAUNCHER = """
 import os, signal, sys
-from minildm import checkpoint, train
+from minildm import checkpoint, trainer
 
 target, nth = sys.argv[1], int(sys.argv[2])
 calls = 0
@@ -51,18 +51,18 @@ def matching(write):
     return wrapped
 
 if target == "step":
-    real_step = train.Trainer.train_step
+    real_step = trainer.Trainer.train_step
     def step_then_kill(self):
         if self.step == nth:
             self.loss_fn(self.batch(self.step), self.step)  # in the middle of the step
             os.kill(os.getpid(), signal.SIGKILL)
         return real_step(self)
-    train.Trainer.train_step = step_then_kill
+    trainer.Trainer.train_step = step_then_kill
 else:
     counted = half_then_kill(checkpoint.save_file)
     checkpoint.save_file = matching(checkpoint.save_file)
 
-from minildm.cli import main
+from minildm.app.cli import main
 sys.exit(main(sys.argv[3:]))
 """
 

@@ -12,7 +12,7 @@ from torch.utils.checkpoint import checkpoint
 from minildm import autoencoder_training as stage
 from minildm import nn as minildm_nn
 from minildm.autoencoder import AutoencoderConfig, build_autoencoder
-from minildm.cli import build_parser
+from minildm.app.cli import build_parser
 from minildm.config import get_profile
 from minildm.evaluation.bench import saved_activation_bytes
 from minildm.nn import ResBlock, set_gradient_checkpointing

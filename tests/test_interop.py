@@ -10,7 +10,8 @@ import diffusers
 import pytest
 import torch
 
-from minildm import checkpoint, cli
+from minildm import checkpoint
+from minildm.app import cli
 from minildm.autoencoder import AutoencoderConfig, build_autoencoder, pixel_space_config
 from minildm.autoencoder_training import load_autoencoder, train_autoencoder
 from minildm.conditioning import ConditioningConfig
@@ -298,7 +299,7 @@ def main(monkeypatch, tmp_path):
 
 
 def test_the_commands_import_diffusers_only_when_they_run():
-    code = "import sys, minildm.interop.commands; print('diffusers' in sys.modules)"
+    code = "import sys, minildm.app.interop_commands; print('diffusers' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 

@@ -66,7 +66,7 @@ def test_the_import_graph_has_no_cycle():
         if name not in state:
             visit(name, [])
     assert graph["minildm.ldm"] >= {"minildm.unet", "minildm.diffusion"}  # the graph is read, not empty
-    assert "minildm.train" not in graph["minildm.ldm"]  # the model does not import its training
+    assert "minildm.trainer" not in graph["minildm.ldm"]  # the model does not import its training
 
 
 def test_presets_are_written_with_keywords():

@@ -1,4 +1,4 @@
-"""Preset fingerprints in the notebooks' first output (minildm.provenance): outputs computed
+"""Preset fingerprints in the notebooks' first output (minildm.app.provenance): outputs computed
 under an older preset are found, on doctored copies of committed notebooks."""
 
 import dataclasses
@@ -8,9 +8,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from minildm import provenance
+from minildm.app import provenance
 from minildm.config import PROFILES
-from minildm.notebook_setup import find_setup_cell
+from minildm.app.notebooks import find_setup_cell
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from minildm import notebook_setup
+from minildm.app import notebooks
 from minildm.config import checkout_root
 
 ROOT = checkout_root()
@@ -27,7 +27,7 @@ SUMMARY = re.compile(r"minildm \d+\.\d+\.\d+ \(torch [^)]+\); profile '\w+' on .
 
 
 def run_cell(python: Path, cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    source = notebook_setup.setup_cell_source(notebook_setup.repository_url(ROOT))
+    source = notebooks.setup_cell_source(notebooks.repository_url(ROOT))
     environment = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "PIP_"))}
     environment.update(PIP_NO_INDEX="1", PIP_NO_BUILD_ISOLATION="0", PIP_DISABLE_PIP_VERSION_CHECK="1", **env)
     return subprocess.run([str(python), "-c", source], cwd=cwd, env=environment, capture_output=True, text=True,
@@ -67,33 +67,33 @@ def kernel(tmp_path) -> Path:
 
 
 def test_every_notebook_starts_with_the_setup_cell_for_the_repository_in_pyproject():
-    expected = notebook_setup.setup_cell_source(notebook_setup.repository_url(ROOT))
+    expected = notebooks.setup_cell_source(notebooks.repository_url(ROOT))
     assert 'REPOSITORY = "https://' in expected
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         notebook = nbformat.read(path, as_version=4)
-        assert notebook_setup.find_setup_cell(notebook) == 1, path.name
+        assert notebooks.find_setup_cell(notebook) == 1, path.name
         assert notebook.cells[1].source == expected, f"{path.name}: run `python -m minildm course setup-cells`"
 
 
 def test_a_fork_rewrites_every_setup_cell(tmp_path):
     fork = copy_checkout(tmp_path / "fork")
     pyproject = fork / "pyproject.toml"
-    pyproject.write_text(pyproject.read_text().replace(notebook_setup.repository_url(ROOT),
+    pyproject.write_text(pyproject.read_text().replace(notebooks.repository_url(ROOT),
                                                        "https://example.org/course/minildm"))
-    changed = notebook_setup.write_setup_cells(fork)
+    changed = notebooks.write_setup_cells(fork)
     assert len(changed) == len(list((fork / "notebooks").glob("*.ipynb"))) == 10
     notebook = nbformat.read(changed[0], as_version=4)
     assert 'REPOSITORY = "https://example.org/course/minildm"' in notebook.cells[1].source
-    assert sum(notebook_setup.SETUP_TAG in c.metadata.get("tags", []) for c in notebook.cells) == 1
-    assert notebook_setup.write_setup_cells(fork) == []  # a second run changes nothing
+    assert sum(notebooks.SETUP_TAG in c.metadata.get("tags", []) for c in notebook.cells) == 1
+    assert notebooks.write_setup_cells(fork) == []  # a second run changes nothing
 
 
 def test_a_student_copy_clones_the_repository_it_is_published_in(tmp_path, capsys):
-    from minildm.cli import main
+    from minildm.app.cli import main
 
     out = tmp_path / "student"
     assert main(["course", "student", str(out), "--repository", "https://example.org/course/student-copy"]) == 0
-    assert notebook_setup.repository_url(out) == "https://example.org/course/student-copy"
+    assert notebooks.repository_url(out) == "https://example.org/course/student-copy"
     for path in sorted((out / "notebooks").glob("*.ipynb")):
         notebook = nbformat.read(path, as_version=4)
         assert 'REPOSITORY = "https://example.org/course/student-copy"' in notebook.cells[1].source
@@ -137,6 +137,6 @@ def test_anywhere_else_it_prints_how_to_install(kernel, tmp_path):
     result = run_cell(kernel, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        f"minildm is not installed: run `pip install git+{notebook_setup.repository_url(ROOT)}`, "
+        f"minildm is not installed: run `pip install git+{notebooks.repository_url(ROOT)}`, "
         "or open the notebook from a checkout"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["venv"]  # nothing cloned, nothing written

@@ -10,7 +10,7 @@ from torch import nn
 
 from minildm import checkpoint as ckpt
 from minildm.checkpoint import CheckpointError
-from minildm.train import EMA, Trainer, TrainConfig, TrainingError
+from minildm.trainer import EMA, Trainer, TrainConfig, TrainingError
 
 DATA = {"x": torch.randn(40, 3, generator=torch.Generator().manual_seed(1))}
 DATA["y"] = DATA["x"] @ torch.tensor([1.0, -2.0, 0.5]) + 0.3

@@ -11,7 +11,7 @@ code), so their layers pair one for one and weights move between them without re
 - :mod:`~minildm.interop.export`: an LDM run as a diffusers ``LDMPipeline`` folder (UNet, DDIM
   scheduler, autoencoder with the latent scale factor);
 - :mod:`~minildm.interop.import_ae`: a diffusers ``AutoencoderKL`` as a stage-1 run folder;
-- :mod:`~minildm.interop.commands`: ``python -m minildm export`` and ``import-ae``.
+- :mod:`~minildm.app.interop_commands`: ``python -m minildm export`` and ``import-ae``.
 
 diffusers is imported on first use (:func:`~minildm.interop.layers.require_diffusers`): it is
 slow to import, and nothing else in minildm uses it.

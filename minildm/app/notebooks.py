@@ -1,7 +1,7 @@
 """The first code cell of every notebook: it makes ``import minildm`` work wherever the
 notebook is opened (README, "Colab and JupyterLab").
 
-Its one source is :file:`minildm/setup_cell.py`, a plain script. The cell is that script with the
+Its one source is :file:`minildm/app/first_cell.py`, a plain script. The cell is that script with the
 repository to clone written in; the repository is named once, in ``pyproject.toml``
 (``[project.urls] Repository``). An instructor's fork changes that line and runs
 ``python -m minildm course setup-cells``, which rewrites the cell in every notebook.
@@ -16,7 +16,7 @@ import nbformat
 
 from minildm.config import MinildmError
 
-SETUP_CELL = Path(__file__).with_name("setup_cell.py")
+SETUP_CELL = Path(__file__).with_name("first_cell.py")
 SETUP_TAG = "setup"  # the cell's tag, so that it is found again after notebooks are edited
 REPOSITORY_LINE = re.compile(r'^REPOSITORY = "[^"]*"', flags=re.MULTILINE)
 

@@ -22,17 +22,17 @@ from minildm import data, distributed, losses
 from minildm.autoencoder_training import autoencoder_config, load_autoencoder, train_autoencoder
 from minildm.conditioning import KINDS, TOKEN_KINDS, condition_tensor, conditioning_config, requested_condition
 from minildm.config import MinildmError, Profile, get_profile
-from minildm.course.commands import add_course
+from minildm.app.course_commands import add_course
 from minildm.data.images import UNREADABLE_ERRORS, read_image
 from minildm.data.sources import DataError
-from minildm.demo import run_demo
+from minildm.app.demo import run_demo
 from minildm.evaluation import bench, scores
 from minildm.evaluation.judge import ToyFaceFeatures, load_judge
 from minildm.image_conditions import mask_from_image
-from minildm.interop.commands import add_export, add_import_ae
+from minildm.app.interop_commands import add_export, add_import_ae
 from minildm.ldm import DEFAULT_GUIDANCE, SAMPLERS, LatentDiffusion
 from minildm.ldm_training import load_ldm, train_ldm
-from minildm.options import (Parser, command, data_options, guidance_scale, integer_list, load_data,
+from minildm.app.options import (Parser, command, data_options, guidance_scale, integer_list, load_data,
                              load_training_data, non_negative_integer, output_folder, png_file,
                              positive_integer, unit_interval)
 from minildm.unet import forward_flops, parameter_count

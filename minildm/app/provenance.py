@@ -1,6 +1,6 @@
 """Which profile, device and presets produced a notebook's committed outputs.
 
-Every notebook's first code cell (:mod:`minildm.setup_cell`) prints :func:`setup_summary`:
+Every notebook's first code cell (:file:`minildm/app/first_cell.py`) prints :func:`setup_summary`:
 the version, the profile and the device, then a short fingerprint of each preset, e.g.
 
     minildm 0.1.0 (torch 2.13.0); profile 'cpu' on CPU, 2 threads
@@ -25,7 +25,7 @@ import torch
 
 from minildm.config import PROFILES, Profile, default_profile_name
 from minildm.evaluation.judge import JUDGE_SETTINGS
-from minildm.notebook_setup import find_setup_cell
+from minildm.app.notebooks import find_setup_cell
 
 # The presets whose values each notebook's outputs depend on, by the notebook's number.
 NOTEBOOK_PRESETS = {

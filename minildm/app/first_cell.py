@@ -20,6 +20,7 @@ def find_checkout(folder: Path) -> Path | None:
 def install(checkout: Path) -> None:
     """Install the checkout in editable mode. pip keeps a torch that is already installed
     (Colab's own build), because the checkout only asks for torch>=2.2."""
+    print(f"installing minildm from {checkout.name}/ with pip (about a minute the first time) ...", flush=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-e", str(checkout)], check=True)
     sys.path.insert(0, str(checkout))  # this kernel started before the install
     importlib.invalidate_caches()
@@ -39,6 +40,6 @@ except ModuleNotFoundError:
 if importlib.util.find_spec("minildm") is None:
     print(f"minildm is not installed: run `pip install git+{REPOSITORY}`, or open the notebook from a checkout")
 else:
-    from minildm.provenance import setup_summary
+    from minildm.app.provenance import setup_summary
 
     print(setup_summary())

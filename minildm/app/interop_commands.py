@@ -13,7 +13,7 @@ from minildm.interop.diffusers_autoencoder import autoencoder_from_diffusers
 from minildm.interop.export import encoder_matches, save_pipeline
 from minildm.interop.import_ae import MEASURED_IMAGES, read_diffusers_autoencoder, write_autoencoder_run
 from minildm.ldm_training import load_ldm
-from minildm.options import command, data_options, load_data, output_folder, positive_integer
+from minildm.app.options import command, data_options, load_data, output_folder, positive_integer
 
 
 def add_export(commands) -> None:

@@ -12,8 +12,8 @@ from minildm.course.exercises import EXERCISES
 from minildm.course.grading import grade
 from minildm.course.sandbox import Limits
 from minildm.course.student import check_exercises, write_student_copy
-from minildm.notebook_setup import repository_url, set_repository, write_setup_cells
-from minildm.options import command, output_folder, positive_integer
+from minildm.app.notebooks import repository_url, set_repository, write_setup_cells
+from minildm.app.options import command, output_folder, positive_integer
 
 
 def add_course(commands) -> None:

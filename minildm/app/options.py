@@ -1,8 +1,8 @@
 """Pieces every command line module shares: registering a command with the common options
 (``--profile``, ``--seed``), the data options, and argument types.
 
-:mod:`minildm.cli` holds the commands of the two stages; :mod:`minildm.course.commands` and
-:mod:`minildm.interop.commands` hold the course kit's and the model exchange's.
+:mod:`minildm.app.cli` holds the commands of the two stages; :mod:`minildm.app.course_commands` and
+:mod:`minildm.app.interop_commands` hold the course kit's and the model exchange's.
 """
 
 from __future__ import annotations
