@@ -36,8 +36,8 @@ BROKEN = {  # exercise -> (file, a piece of its solution, a wrong piece)
     "04.1": ("minildm/unet.py", "[torch.cos(angles), torch.sin(angles)]", "[torch.sin(angles), torch.cos(angles)]"),
     "06.1": ("minildm/diffusion.py", "return mean, self.at(self.posterior_variance, t, x_t)",
              "return mean, self.at(self.betas, t, x_t)"),
-    "07.2": ("minildm/ldm.py", "return unconditional + guidance * (conditional - unconditional)",
-             "return conditional + guidance * (conditional - unconditional)"),
+    "07.2": ("minildm/guidance.py", "return eps_uncond + scale * (eps_cond - eps_uncond)",
+             "return eps_cond + scale * (eps_cond - eps_uncond)"),
     "09.2": ("minildm/evaluation/metrics.py", "/ (size * (size - 1))", "/ size**2"),
 }
 

@@ -37,10 +37,9 @@ from torch.utils.checkpoint import checkpoint
 
 import minildm.nn
 from minildm.autoencoder import build_autoencoder
-from minildm.autoencoder_training import autoencoder_config
 from minildm.config import PROFILES
-from minildm.ldm_training import ldm_config
 from minildm.nn import set_gradient_checkpointing
+from minildm.recipes import autoencoder_config, ldm_config
 from minildm.unet import UNet
 
 BATCH_SIZES = (8, 32)

@@ -9,7 +9,8 @@ Stage 1, perceptual compression (Sec. 3.1):
 - :mod:`~minildm.regularizers`: the KL (reparameterised Gaussian) and VQ (codebook) latents (01, 02)
 - :mod:`~minildm.autoencoder`: encoder E, decoder D, the latent scale factor (01, 02)
 - :mod:`~minildm.losses`: L1 + perceptual + patch GAN with the adaptive weight (01)
-- :mod:`~minildm.perceptual`: the perceptual loss offline: the FID Inception-v3's early layers (01)
+- :mod:`~minildm.perceptual`: the perceptual distance and its networks: VGG16 (weights, download),
+  offline the FID Inception-v3's early layers; the choice for a profile (01)
 - :mod:`~minildm.autoencoder_training`: train an autoencoder into a run folder, load it (01, 02)
 
 Stage 2, diffusion in the latent space (Sec. 3.2):
@@ -21,27 +22,27 @@ Stage 2, diffusion in the latent space (Sec. 3.2):
 Stage 3, conditioning (Sec. 3.3):
 
 - :mod:`~minildm.conditioning`: the condition encoders tau_theta: classes, attributes, text (07)
-- :mod:`~minildm.image_conditions`: masks, inpainting and super-resolution inputs (08)
+- :mod:`~minildm.guidance`: classifier-free guidance (07)
+- :mod:`~minildm.image_conditions`: masks, inpainting and super-resolution inputs, concat conditioning (08)
 
-The model, trained:
+The model, and what a student needs to run it:
 
 - :mod:`~minildm.ldm`: LatentDiffusion: encode, denoise, sample, inpaint, upscale (05-08)
+- :mod:`~minildm.recipes`: what the profiles and data sets make: the configs of each stage (01, 05, 07)
 - :mod:`~minildm.ldm_training`: cached latents, train an LDM into a run folder, load it (05)
 - :mod:`~minildm.trainer`: the one training loop both stages use: EMA, Ctrl-C, NaN checks (01, 05)
 - :mod:`~minildm.checkpoint`: safetensors files written atomically, run folders (05)
 - :mod:`~minildm.distributed`: several devices under torchrun: shared-out batches, averaged gradients
 - :mod:`~minildm.config`: profiles (tiny, cpu, gpu, the one-GPU recipes), presets, paths (00)
-- :mod:`minildm.course`: the course kit: exercises, the student copy, the grader (docs/teaching.md)
-- :mod:`~minildm.app.demo`: the whole pipeline on one screen (``python -m minildm demo``)
-- :mod:`~minildm.app.cli`: the command line, ``python -m minildm COMMAND``; :mod:`~minildm.app.options`: what
-  its modules share (common options, argument types)
-- :mod:`~minildm.setup_cell`: every notebook's first cell (makes ``import minildm`` work on Colab
-  and in a fresh kernel); :mod:`~minildm.app.notebooks` writes it into the notebooks, and
-  :mod:`~minildm.app.provenance` prints what it reports: profile, device and preset fingerprints
-- :mod:`~minildm.viz`: image grids
+- :mod:`~minildm.viz`: image grids (every notebook)
 
-What a first reading can skip lives in three subpackages:
+What a first reading can skip lives in five subpackages:
 
+- :mod:`minildm.app`: the command line (``python -m minildm COMMAND``: :mod:`~minildm.app.cli`,
+  :mod:`~minildm.app.options`), the demo (:mod:`~minildm.app.demo`, the whole pipeline on one
+  screen), every notebook's first cell (``app/first_cell.py``, :mod:`~minildm.app.notebooks`,
+  :mod:`~minildm.app.provenance`), and the ``course``, ``export`` and ``import-ae`` commands;
+- :mod:`minildm.course`: the course kit: exercises, the student copy, the grader (docs/teaching.md);
 - :mod:`minildm.data` (00): :mod:`~minildm.data.toyfaces` (the offline data set),
   :mod:`~minildm.data.images` (any image file to a tensor), :mod:`~minildm.data.sources`
   (folders, attribute files, Hugging Face datasets), :mod:`~minildm.data.dataset`

@@ -6,8 +6,9 @@ the number the paper's model names carry: LDM-4 diffuses in the latent of an f=4
 The latent must be small, but also well behaved, so the paper regularises it in one of two ways:
 
 - KL-reg. (:class:`AutoencoderKL`): the encoder predicts a diagonal Gaussian ``q(z|x)`` and a
-  tiny KL penalty (weight ~1e-6) pulls it towards N(0, I), as in a VAE. The latent stays
-  continuous; its scale is fixed afterwards by :func:`measure_scale_factor`.
+  tiny KL penalty (weight ~1e-6, ``kl_weight`` of :class:`minildm.losses.LossConfig`) pulls it
+  towards N(0, I), as in a VAE. The latent stays continuous; its scale is fixed afterwards by
+  :func:`measure_scale_factor`.
 - VQ-reg. (:class:`AutoencoderVQ`): the latent is snapped to the nearest entry of a learned
   codebook (VQ-VAE, van den Oord et al. 2017), with the quantiser inside the decoder.
 
@@ -38,7 +39,7 @@ from minildm.regularizers import DiagonalGaussian, VectorQuantizer
 # Channel multiplier per resolution level; one downsampling between consecutive levels.
 CHANNEL_MULTIPLIERS = {4: (1, 2, 4), 8: (1, 2, 4, 4), 16: (1, 1, 2, 2, 4)}
 REGULARIZERS = ("kl", "vq")
-PIXEL_SPACE = "none"  # the ``reg`` of :class:`PixelSpace`, which has factor 1
+PIXEL_SPACE = "pixel"  # the ``reg`` of :class:`PixelSpace` (no autoencoder), which has factor 1
 
 
 @dataclass
@@ -46,14 +47,14 @@ class AutoencoderConfig(SavedConfig):
     """Sizes and regularisation of an autoencoder; saved in its run folder's ``config.json``.
 
     Attributes:
-        reg: ``"kl"`` (Gaussian latent, KL penalty) or ``"vq"`` (vector-quantised latent).
+        reg: ``"kl"`` (Gaussian latent, KL penalty), ``"vq"`` (vector-quantised latent) or
+            ``"pixel"`` (no autoencoder: :class:`PixelSpace`, see :func:`pixel_space_config`).
         factor: downsampling factor f: 4, 8 or 16 (log2(f) downsamplings).
         base_channels: channels at full resolution; deeper levels use multiples of it.
         res_blocks: ResBlocks per level in the encoder (the decoder has one more, as in LDM).
         latent_channels: channels c of the latent.
         attention: self-attention in the middle blocks of encoder and decoder.
         codebook_size: VQ only: number of codebook entries.
-        kl_weight: KL only: weight of the KL penalty (1e-6 in the paper).
         vq_beta: VQ only: weight of the commitment loss.
         revive_after: VQ only: training steps a code may go unused before it is re-initialised.
         image_channels: channels of the images.
@@ -73,28 +74,11 @@ class AutoencoderConfig(SavedConfig):
     latent_channels: int = 4
     attention: bool = True
     codebook_size: int = 512
-    kl_weight: float = 1e-6
     vq_beta: float = 0.25
     revive_after: int = 50
     image_channels: int = 3
     patch_size: int = 1
     downsample_padding: str = "symmetric"
-
-    @classmethod
-    def from_dict(cls, values: dict, where: str | None = None) -> AutoencoderConfig:
-        """:meth:`SavedConfig.from_dict`; a ``config.json`` written before ``downsample_padding``
-        existed lacks it, and its encoder padded every side: ``"symmetric"``."""
-        if isinstance(values, dict) and "downsample_padding" not in values:
-            values = {**values, "downsample_padding": "symmetric"}
-        return super().from_dict(values, where)
-
-    def to_dict(self) -> dict:
-        """:meth:`SavedConfig.to_dict`, leaving out the default padding, so that a run folder
-        written before the option existed is still the same configuration and resumes."""
-        values = super().to_dict()
-        if values["downsample_padding"] == "symmetric":
-            del values["downsample_padding"]
-        return values
 
     def __post_init__(self) -> None:
         if self.downsample_padding not in DOWNSAMPLE_PADDINGS:
@@ -102,7 +86,7 @@ class AutoencoderConfig(SavedConfig):
                              f"{' or '.join(map(repr, DOWNSAMPLE_PADDINGS))}")
         if self.reg == PIXEL_SPACE:
             if self.factor != 1 or self.latent_channels != self.image_channels:
-                raise ValueError("pixel space (reg 'none') has factor 1 and the image's channels")
+                raise ValueError(f"pixel space (reg {PIXEL_SPACE!r}) has factor 1 and the image's channels")
             return
         if self.reg not in REGULARIZERS:
             raise ValueError(f"unknown autoencoder regularisation {self.reg!r}: choose 'kl' or 'vq'")
@@ -203,17 +187,25 @@ def middle_block(channels: int, attention: bool) -> nn.Sequential:
 class Autoencoder(nn.Module):
     """What both regularisations share: encoder, decoder, latent shape and scale factor.
 
-    ``scale_factor`` (a buffer, saved with the weights) is 1.0 until set from data with
-    :func:`measure_scale_factor`; ``encode``/``decode`` work on unscaled latents and the
-    diffusion model multiplies by it.
+    ``scale_factor`` (a buffer, saved with the weights) is the latent scale factor of the paper
+    (Sec. 4.3.2): ``encode``/``decode`` work on unscaled latents and the diffusion model
+    multiplies them by it. It starts at ``initial_scale_factor``: NaN, "not measured", for KL
+    until :func:`measure_scale_factor` sets it from data (see :attr:`scale_factor_measured`).
     """
+
+    initial_scale_factor = float("nan")  # not measured yet
 
     def __init__(self, config: AutoencoderConfig, encoder_channels: int) -> None:
         super().__init__()
         self.config = config
         self.encoder = Encoder(config, encoder_channels)
         self.decoder = Decoder(config)
-        self.register_buffer("scale_factor", torch.tensor(1.0))
+        self.register_buffer("scale_factor", torch.tensor(self.initial_scale_factor))
+
+    @property
+    def scale_factor_measured(self) -> bool:
+        """Whether ``scale_factor`` holds a value (always for VQ, whose factor is 1 by definition)."""
+        return not torch.isnan(self.scale_factor).item()
 
     def latent_shape(self, image_size: int) -> tuple[int, int, int]:
         """(latent_channels, image_size / f, image_size / f) for square images."""
@@ -258,7 +250,10 @@ class AutoencoderKL(Autoencoder):
 
 
 class AutoencoderVQ(Autoencoder):
-    """VQ-regularised autoencoder: latents are codebook entries."""
+    """VQ-regularised autoencoder: latents are codebook entries. Its scale factor is 1 by
+    definition: the paper diffuses VQ latents unscaled."""
+
+    initial_scale_factor = 1.0
 
     def __init__(self, config: AutoencoderConfig) -> None:
         super().__init__(config, encoder_channels=config.latent_channels)
@@ -285,12 +280,16 @@ class AutoencoderVQ(Autoencoder):
 
 class PixelSpace(nn.Module):
     """No autoencoder (f = 1): ``encode`` and ``decode`` return their input, so diffusion on
-    these "latents" is diffusion on pixels. Same interface as :class:`Autoencoder`, scale 1."""
+    these "latents" is diffusion on pixels. Same interface as :class:`Autoencoder`; the scale
+    factor is 1 by definition: pixels in [-1, 1] are what the noise schedule was made for."""
+
+    initial_scale_factor = 1.0
+    scale_factor_measured = True
 
     def __init__(self, config: AutoencoderConfig | None = None) -> None:
         super().__init__()
         self.config = config or pixel_space_config()
-        self.register_buffer("scale_factor", torch.tensor(1.0))
+        self.register_buffer("scale_factor", torch.tensor(self.initial_scale_factor))
 
     def latent_shape(self, image_size: int) -> tuple[int, int, int]:
         return (self.config.image_channels, image_size, image_size)
@@ -322,7 +321,8 @@ def measure_scale_factor(autoencoder: Autoencoder, images: Tensor, batch_size: i
     Multiplying latents by this makes them unit variance, the scale the diffusion noise
     schedule assumes (paper Sec. 4.3.2 and App. D.1, which estimates it on the first batch).
     Stable Diffusion's famous 0.18215 is exactly this number measured for its KL-f8
-    autoencoder. VQ latents keep 1.0 in the paper. Use it with ``autoencoder.scale_factor.fill_``.
+    autoencoder. VQ latents keep 1 in the paper (their ``scale_factor`` starts there). Use it
+    with ``autoencoder.scale_factor.fill_``.
     """
     was_training = autoencoder.training
     autoencoder.eval()

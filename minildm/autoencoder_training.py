@@ -8,12 +8,14 @@ autoencoder's configuration, the loss, the perceptual network and the data it sa
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from minildm import checkpoint as ckpt
 from minildm import losses
+from minildm.perceptual import PerceptualLoss
 from minildm.autoencoder import Autoencoder, AutoencoderConfig, build_autoencoder, measure_scale_factor
 from minildm.config import Profile
 from minildm.data import random_flip
@@ -22,53 +24,65 @@ from minildm.nn import set_gradient_checkpointing
 from minildm.trainer import TrainConfig, Trainer
 
 RUN_CONFIG_KEYS = ("stage", "autoencoder", "loss", "learning_rate", "data", "perceptual", "start_from")  # config.json
-ADDED_KEYS = ("perceptual", "start_from")  # run folders written before these were recorded lack them
 
 
-def autoencoder_config(profile: Profile, *, factor: int = 4, reg: str = "kl",
-                       base_channels: int | None = None, patch_size: int = 1) -> AutoencoderConfig:
-    """The profile's autoencoder for a factor and regularisation (VQ: 3 latent channels, the
-    paper's VQ-f4; KL: 4, the paper's KL-f8); ``base_channels`` replaces the profile's, and
-    ``patch_size`` folds pixel patches into channels first (see :class:`AutoencoderConfig`)."""
-    preset = profile.autoencoder
-    return AutoencoderConfig(reg=reg, factor=factor, base_channels=base_channels or preset.base_channels,
-                             res_blocks=preset.res_blocks, attention=preset.attention,
-                             latent_channels=4 if reg == "kl" else 3, codebook_size=preset.codebook_size,
-                             patch_size=patch_size)
+@dataclass
+class AutoencoderTraining:
+    """How :func:`train_autoencoder` trains, besides the autoencoder's configuration.
+
+    Attributes:
+        profile: the device, and the learning rate, batch size, steps, GAN start and L2 weight
+            of ``profile.autoencoder``.
+        steps: optimiser steps (None: the profile's).
+        seed: seeds the weights, the batches and the random flips.
+        perceptual: the LPIPS-style network (:func:`minildm.perceptual.perceptual_for`), or None to
+            train without the perceptual term; ``config.json`` records which, so a run folder
+            refuses to resume with another.
+        data_description: the images, recorded in ``config.json`` for the command line.
+        progress: show a progress bar.
+        accumulate: micro-batches whose gradients are averaged into one optimiser step.
+        gradient_checkpointing: recompute activations in the backward pass
+            (:func:`minildm.nn.set_gradient_checkpointing`): less memory, the same weights, more
+            time per step (README).
+        start_from: a finished run folder whose autoencoder weights this run starts from
+            (fine-tuning; the discriminator starts fresh).
+        disc_start: the step at which the patch GAN switches on (None: the profile's).
+        kl_weight: weight of the KL term (:class:`~minildm.losses.LossConfig`; the paper: 1e-6).
+    """
+
+    profile: Profile
+    steps: int | None = None
+    seed: int = 0
+    perceptual: PerceptualLoss | None = None
+    data_description: dict | None = None
+    progress: bool = True
+    accumulate: int = 1
+    gradient_checkpointing: bool = False
+    start_from: str | Path | None = None
+    disc_start: int | None = None
+    kl_weight: float = 1e-6
 
 
-def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, *, config: AutoencoderConfig, profile: Profile,
-                      steps: int | None = None, seed: int = 0, perceptual: losses.PerceptualLoss | None = None,
-                      data_description: dict | None = None, progress: bool = True, accumulate: int = 1,
-                      gradient_checkpointing: bool = False, start_from: str | Path | None = None,
-                      disc_start: int | None = None) -> Autoencoder:
+def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, *, config: AutoencoderConfig,
+                      training: AutoencoderTraining) -> Autoencoder:
     """Train (or resume) an autoencoder on uint8 images (N, 3, R, R); returns it with its
     scale factor set (KL: 1 / std of the latents; VQ: 1).
 
     The objective is the paper's (:class:`~minildm.losses.AutoencoderLoss`): L1 + perceptual
     distance under a learned variance, the KL or VQ term, and a patch GAN from
-    ``disc_start`` on. Two Adam optimisers with betas (0.5, 0.9), as in the paper.
-    ``perceptual``: the LPIPS-style network (:func:`minildm.losses.perceptual_for`), or None
-    to train without the perceptual term; ``config.json`` records which, so a run folder
-    refuses to resume with another. ``data_description`` records the images in
-    ``config.json`` for the command line. ``gradient_checkpointing`` recomputes activations
-    in the backward pass (:func:`minildm.nn.set_gradient_checkpointing`): less memory, the
-    same weights, more time per step (README). ``start_from``: a finished run folder whose
-    autoencoder weights this run starts from (fine-tuning; the discriminator starts fresh), and
-    ``disc_start`` replaces the profile's step at which the patch GAN switches on.
+    ``training.disc_start`` on. Two Adam optimisers with betas (0.5, 0.9), as in the paper.
     """
-    preset = profile.autoencoder
-    device = torch.device(profile.device)
-    torch.manual_seed(seed)
+    preset, device = training.profile.autoencoder, torch.device(training.profile.device)
+    torch.manual_seed(training.seed)
     autoencoder = build_autoencoder(config).to(device)
-    set_gradient_checkpointing(autoencoder, gradient_checkpointing)
-    if start_from is not None:
-        autoencoder.load_state_dict(load_autoencoder(start_from, device).state_dict())
-        autoencoder.scale_factor.fill_(1.0)  # measured again below, on the fine-tuned weights
-    loss_config = losses.LossConfig.from_autoencoder(config, disc_start=preset.disc_start if disc_start is None
-                                                   else disc_start,
-                                                   l2_weight=preset.l2_weight)
-    objective = losses.AutoencoderLoss(loss_config, perceptual).to(device)
+    set_gradient_checkpointing(autoencoder, training.gradient_checkpointing)
+    if training.start_from is not None:
+        autoencoder.load_state_dict(load_autoencoder(training.start_from, device).state_dict())
+        autoencoder.scale_factor.fill_(autoencoder.initial_scale_factor)  # measured again below, on the new weights
+    disc_start = preset.disc_start if training.disc_start is None else training.disc_start
+    loss_config = losses.LossConfig.from_autoencoder(config, disc_start=disc_start, l2_weight=preset.l2_weight,
+                                                     kl_weight=training.kl_weight)
+    objective = losses.AutoencoderLoss(loss_config, training.perceptual).to(device)
     optimizers = {
         "autoencoder": torch.optim.Adam([*autoencoder.parameters(), *objective.generator_parameters()],
                                         lr=preset.learning_rate, betas=(0.5, 0.9)),
@@ -76,23 +90,32 @@ def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, *, config: Auto
                                           lr=preset.learning_rate, betas=(0.5, 0.9)),
     }
 
-    steps = steps or preset.steps
-    train_config = TrainConfig(steps=steps, batch_size=preset.batch_size, accumulate=accumulate, seed=seed,
-                               cosine_decay=True, checkpoint_every=max(1, steps // 5), figure_every=max(1, steps // 5))
-    run_config = {"stage": "autoencoder", "autoencoder": config.to_dict(), "loss": loss_config.to_dict(),
-                  "learning_rate": preset.learning_rate, "data": data_description or {},
-                  "perceptual": perceptual.description if perceptual is not None else None,
-                  "start_from": str(start_from) if start_from is not None else None}
+    steps = training.steps or preset.steps
+    train_config = TrainConfig(steps=steps, batch_size=preset.batch_size, accumulate=training.accumulate,
+                               seed=training.seed, cosine_decay=True, checkpoint_every=max(1, steps // 5),
+                               figure_every=max(1, steps // 5))
     trainer = Trainer(run_dir, {"autoencoder": autoencoder, "loss": objective}, optimizers=optimizers,
                       loss_fn=training_losses(autoencoder, objective), data={"pixels": pixels}, config=train_config,
-                      run_config=ckpt.as_recorded(Path(run_dir), run_config, ADDED_KEYS),
-                      figure_fn=reconstruction_figure(uint8_to_float(pixels[:8]).to(device)), progress=progress)
+                      run_config=recorded_run_config(config, loss_config, training),
+                      figure_fn=reconstruction_figure(uint8_to_float(pixels[:8]).to(device)),
+                      progress=training.progress)
     trainer.fit()
-    if config.reg == "kl" and autoencoder.scale_factor.item() == 1.0:  # not yet measured (a finished run has it)
+    if not autoencoder.scale_factor_measured:  # KL only (VQ: 1); a finished run has it
         autoencoder.scale_factor.fill_(measure_scale_factor(autoencoder, uint8_to_float(pixels[:2048]).to(device)))
         trainer.save_checkpoint()
     autoencoder.eval()
     return autoencoder
+
+
+def recorded_run_config(config: AutoencoderConfig, loss_config: losses.LossConfig,
+                        training: AutoencoderTraining) -> dict:
+    """What ``config.json`` records of a run (:data:`RUN_CONFIG_KEYS`): enough to rebuild the
+    autoencoder and to refuse resuming the run with another configuration."""
+    perceptual, start_from = training.perceptual, training.start_from
+    return {"stage": "autoencoder", "autoencoder": config.to_dict(), "loss": loss_config.to_dict(),
+            "learning_rate": training.profile.autoencoder.learning_rate, "data": training.data_description or {},
+            "perceptual": perceptual.description if perceptual is not None else None,
+            "start_from": str(start_from) if start_from is not None else None}
 
 
 def training_losses(autoencoder: Autoencoder, objective: losses.AutoencoderLoss):
@@ -129,7 +152,7 @@ def reconstruction_figure(shown: torch.Tensor):
 def load_autoencoder(run_dir: str | Path, device: str | torch.device = "cpu") -> Autoencoder:
     """The trained autoencoder of a run folder written by :func:`train_autoencoder`."""
     run_dir = Path(run_dir)
-    run_config = ckpt.read_run_config(run_dir, "autoencoder", "an autoencoder", RUN_CONFIG_KEYS, ADDED_KEYS)
+    run_config = ckpt.read_run_config(run_dir, "autoencoder", "an autoencoder", RUN_CONFIG_KEYS)
     try:
         losses.LossConfig.from_dict(run_config["loss"], "loss")
         autoencoder = build_autoencoder(AutoencoderConfig.from_dict(run_config["autoencoder"], "autoencoder"))

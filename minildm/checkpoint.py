@@ -4,7 +4,8 @@ A training checkpoint is one safetensors file: the tensors of every model, optim
 state and random-number generator, with the rest (step, hyperparameters, loss history)
 as JSON in the file's metadata. One file means one atomic rename, so a crash while
 saving leaves the previous checkpoint whole. Every file is stamped with the minildm version
-and file format that wrote it; a file from a newer format is refused in one line.
+and file format that wrote it; a file without the stamp (minildm did not write it) or from a
+newer format is refused in one line.
 """
 
 from __future__ import annotations
@@ -103,7 +104,9 @@ def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             metadata = {key: json.loads(value) for key, value in (handle.metadata() or {}).items()}
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"{path} is damaged ({error})") from None
-    writer = metadata.pop("written_by", {"minildm": "0.1.0", "format": 1})  # files from before the stamp
+    if "written_by" not in metadata:
+        raise CheckpointError(f"{path} has no written_by stamp: minildm did not write it")
+    writer = metadata.pop("written_by")
     if not isinstance(writer, dict) or not isinstance(writer.get("format"), int):
         raise CheckpointError(f"{path} is damaged (its written_by stamp is {writer!r})")
     if writer["format"] > FILE_FORMAT:
@@ -112,12 +115,10 @@ def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, metadata
 
 
-def read_run_config(run_dir: Path, stage: str, kind: str, keys: tuple[str, ...],
-                    added_keys: tuple[str, ...] = ()) -> dict:
+def read_run_config(run_dir: Path, stage: str, kind: str, keys: tuple[str, ...]) -> dict:
     """A run folder's ``config.json``, refused in one line when it is missing, belongs to
-    another stage, or has other top-level ``keys`` than a run of this stage writes (a folder
-    written before the ``added_keys`` were recorded may lack those); ``kind`` names what the
-    stage trains, e.g. "an autoencoder"."""
+    another stage, or has other top-level ``keys`` than a run of this stage writes; ``kind``
+    names what the stage trains, e.g. "an autoencoder"."""
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{run_dir} is not {kind} run folder (no config.json)")
@@ -125,7 +126,7 @@ def read_run_config(run_dir: Path, stage: str, kind: str, keys: tuple[str, ...],
     if run_config.get("stage") != stage:
         raise CheckpointError(f"{run_dir} holds a {run_config.get('stage')!r} run, not {kind}")
     unknown = sorted(set(run_config) - set(keys))
-    missing = [key for key in keys if key not in run_config and key not in added_keys]
+    missing = [key for key in keys if key not in run_config]
     if unknown or missing:
         problem = f"unknown key {unknown[0]!r}" if unknown else f"missing key {missing[0]!r}"
         raise CheckpointError(f"{config_path} does not describe {kind} this version can read: {problem}")
@@ -143,17 +144,6 @@ def read_training_data(run_dir: Path) -> dict:
         raise CheckpointError(f"{run_dir} does not record the data it was trained on (a run trained from Python "
                               f"without data_description, as the notebooks do); train it with the command line")
     return seen
-
-
-def as_recorded(run_dir: Path, run_config: dict, added_keys: tuple[str, ...]) -> dict:
-    """``run_config`` less those ``added_keys`` (keys a newer minildm records) that the run
-    folder's existing ``config.json`` lacks: a folder written before they were recorded
-    resumes, compared on the keys it has, and keeps its ``config.json`` as it is."""
-    path = run_dir / "config.json"
-    if not path.is_file():
-        return run_config
-    saved = _read_json(path)
-    return {key: value for key, value in run_config.items() if key in saved or key not in added_keys}
 
 
 def write_run_config(run_dir: Path, run_config: dict) -> None:

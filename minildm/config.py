@@ -48,7 +48,7 @@ class AutoencoderPreset:
         disc_start: step at which the patch GAN switches on (beyond ``steps``: never).
         codebook_size: entries of the VQ codebook (the paper's VQ-f4: 8192).
         perceptual: whether stage 1 trains with the perceptual term (LPIPS,
-            :func:`minildm.losses.perceptual_for`). ``tiny`` and ``cpu`` leave it out: on two CPU
+            :func:`minildm.perceptual.perceptual_for`). ``tiny`` and ``cpu`` leave it out: on two CPU
             cores it makes each step 5 to 8 times slower (docs/measurements.md).
         l2_weight: weight of a squared-error term in the reconstruction loss (the paper: none;
             see :class:`minildm.losses.LossConfig`).
@@ -245,7 +245,7 @@ class SavedConfig:
 
     def to_dict(self) -> dict:
         values = asdict(self)
-        for name in values:  # nested configs by their own to_dict, which may leave defaults out
+        for name in values:  # nested configs by their own to_dict
             if isinstance(getattr(self, name), SavedConfig):
                 values[name] = getattr(self, name).to_dict()
         return values

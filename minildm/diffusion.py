@@ -53,13 +53,17 @@ Denoiser = Callable[[Tensor, Tensor], Tensor]
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("eps", "x0", "v")
 
+# The default schedule, the paper's (LDM, Rombach et al. 2022, CelebA-HQ config): linear in
+# sqrt(beta) from 0.0015 to 0.0195 over T = 1000 steps. make_betas, DiffusionConfig and Diffusion read these.
+SCHEDULE, TIMESTEPS, BETA_START, BETA_END = "linear", 1000, 0.0015, 0.0195
 
-def make_betas(schedule: str = "linear", timesteps: int = 1000, beta_start: float = 0.0015,
-               beta_end: float = 0.0195) -> Tensor:
+
+def make_betas(schedule: str = SCHEDULE, timesteps: int = TIMESTEPS, beta_start: float = BETA_START,
+               beta_end: float = BETA_END) -> Tensor:
     """The noise added at each step, float64 of shape (T,).
 
     - ``linear``: the LDM schedule, linear in sqrt(beta) from ``beta_start`` to ``beta_end``
-      (the paper's CelebA-HQ config: 0.0015 to 0.0195, T = 1000).
+      (default: the paper's, :data:`BETA_START` to :data:`BETA_END`).
     - ``cosine``: abar_t = cos^2((t/T + s) / (1 + s) * pi/2), s = 0.008 (Nichol & Dhariwal 2021),
       betas clipped at 0.999.
     """
@@ -79,12 +83,12 @@ def make_betas(schedule: str = "linear", timesteps: int = 1000, beta_start: floa
 @dataclass
 class DiffusionConfig(SavedConfig):
     """The noise schedule and what the network predicts; :meth:`build` makes the
-    :class:`Diffusion`. Defaults: the paper's (linear, T = 1000, 0.0015 to 0.0195, eps)."""
+    :class:`Diffusion`. Defaults: the paper's schedule (:data:`SCHEDULE`) and eps."""
 
-    schedule: str = "linear"
-    timesteps: int = 1000
-    beta_start: float = 0.0015
-    beta_end: float = 0.0195
+    schedule: str = SCHEDULE
+    timesteps: int = TIMESTEPS
+    beta_start: float = BETA_START
+    beta_end: float = BETA_END
     prediction: str = "eps"
     min_snr_gamma: float | None = None
 
@@ -103,8 +107,8 @@ class Diffusion:
             which stops the easy low-noise steps from dominating training.
     """
 
-    def __init__(self, schedule: str = "linear", *, timesteps: int = 1000, beta_start: float = 0.0015,
-                 beta_end: float = 0.0195, prediction: str = "eps", min_snr_gamma: float | None = None):
+    def __init__(self, schedule: str = SCHEDULE, *, timesteps: int = TIMESTEPS, beta_start: float = BETA_START,
+                 beta_end: float = BETA_END, prediction: str = "eps", min_snr_gamma: float | None = None):
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}: choose one of {', '.join(PREDICTIONS)}")
         self.prediction, self.min_snr_gamma = prediction, min_snr_gamma

@@ -3,7 +3,8 @@
 
 When the condition is itself an image aligned with the output, cross-attention is not
 needed: the condition is brought to the latent's height and width and concatenated to the
-noisy latent as extra input channels of the UNet.
+noisy latent as extra input channels of the UNet (the paper's "concat" conditioning,
+:func:`concat_conditioning`; how many channels each kind adds: :func:`extra_input_channels`).
 
 - Inpainting: the image with the region to fill blanked out (set to 0, mid-gray), encoded by
   the autoencoder, plus the mask downsampled to the latent grid: c + 1 extra channels.
@@ -24,7 +25,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from minildm.diffusion import Denoiser
+
 MASK_SHAPES = ("box", "half", "ellipse", "band")
+
+
+def extra_input_channels(kind: str, latent_channels: int) -> int:
+    """The input channels a conditioning ``kind`` adds to the UNet: c + 1 for inpainting (the
+    masked image's latent and the mask), 3 for super-resolution (the low-resolution image),
+    none for the other kinds."""
+    return {"inpaint": latent_channels + 1, "superres": 3}.get(kind, 0)
+
+
+def concat_conditioning(unet: Callable[[Tensor, Tensor], Tensor], condition: Tensor) -> Denoiser:
+    """The denoiser of a concat-conditioned model (LDM Sec. 3.3, the "concat" mode of the
+    paper's code): the UNet reads the noisy latent z_t (B, c, h, w) and the condition
+    (B, k, h, w) stacked along the channels, (B, c + k, h, w)."""
+    return lambda z_t, t: unet(torch.cat([z_t, condition], dim=1), t)
 
 
 def mask_of_shape(shape: str, n: int, resolution: int, generator: torch.Generator | None = None) -> Tensor:

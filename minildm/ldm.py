@@ -25,13 +25,13 @@ from torch import Tensor, nn
 
 from minildm.autoencoder import Autoencoder, AutoencoderConfig, build_autoencoder
 from minildm.conditioning import CONCAT_KINDS, TOKEN_KINDS, ConditioningConfig, build_encoder, pad
-from minildm.config import SavedConfig
+from minildm.config import MinildmError, SavedConfig
 from minildm.diffusion import DiffusionConfig
-from minildm.image_conditions import inpainting_condition, paste, superres_condition
-from minildm.sampling import Trajectory, ddim_sample, ddim_trajectory, ddpm_sample, ddpm_trajectory
+from minildm.guidance import classifier_free_guidance
+from minildm.image_conditions import concat_conditioning, inpainting_condition, paste, superres_condition
+from minildm.sampling import SamplerOptions, Step, Trajectory, final_state, sampler_steps
 from minildm.unet import UNet, UNetConfig
 
-SAMPLERS = ("ddim", "ddpm")
 DEFAULT_GUIDANCE = 3.0  # classifier-free guidance scale for token-conditioned sampling (figures, CLI)
 
 
@@ -89,9 +89,16 @@ class LatentDiffusion(nn.Module):
         return nn.ModuleDict({"unet": self.unet, **encoder})
 
     @property
-    def scale(self) -> float:
-        """The factor latents are multiplied by before diffusion (1/std of the latents)."""
-        return self.autoencoder.scale_factor.item() if self.config.use_scale_factor else 1.0
+    def scale_factor(self) -> float:
+        """The factor latents are multiplied by before diffusion (1/std of the latents, Sec. 4.3.2):
+        the autoencoder's, or 1 when ``use_scale_factor`` is off. A KL autoencoder whose factor
+        was never measured is refused."""
+        if not self.config.use_scale_factor:
+            return 1.0
+        if not self.autoencoder.scale_factor_measured:
+            raise MinildmError("the autoencoder's latent scale factor was never measured: set it with "
+                               "autoencoder.scale_factor.fill_(measure_scale_factor(autoencoder, images))")
+        return self.autoencoder.scale_factor.item()
 
     @property
     def device(self) -> torch.device:
@@ -104,12 +111,12 @@ class LatentDiffusion(nn.Module):
     def encode(self, images: Tensor, batch_size: int = 256) -> Tensor:
         """Images (N, 3, R, R) in [-1, 1] -> scaled latents (N, c, R/f, R/f), in batches."""
         latents = [self.autoencoder.encode(batch.to(self.device)) for batch in images.split(batch_size)]
-        return torch.cat(latents) * self.scale
+        return torch.cat(latents) * self.scale_factor
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         """Scaled latents -> images in [-1, 1]."""
-        return self.autoencoder.decode(latents / self.scale).clamp(-1, 1)
+        return self.autoencoder.decode(latents / self.scale_factor).clamp(-1, 1)
 
     def denoiser(self, condition: Tensor | None = None, guidance: float = 1.0, batch_size: int | None = None,
                  networks: nn.ModuleDict | None = None) -> Callable[[Tensor, Tensor], Tensor]:
@@ -117,10 +124,9 @@ class LatentDiffusion(nn.Module):
 
         ``condition``: class indices, attributes or caption ids for a token model (None: the
         null condition, i.e. unconditional, for ``batch_size`` samples); the extra input
-        channels (B, k, h, w) for a concat model. ``guidance`` s > 1 is classifier-free
-        guidance (Ho & Salimans 2022): ``out(null) + s * (out(y) - out(null))``, both halves in
-        one batch. For eps this is their eq. 6; for x0 and v it is the same combination,
-        since each is a fixed linear function of eps and z_t.
+        channels (B, k, h, w) for a concat model (:func:`~minildm.image_conditions.concat_conditioning`).
+        ``guidance`` s > 1 is classifier-free guidance
+        (:func:`~minildm.guidance.classifier_free_guidance`), both halves in one batch.
         ``networks``: other weights of the same model (the trainer's EMA copies).
         """
         networks = networks if networks is not None else self.networks()
@@ -130,7 +136,7 @@ class LatentDiffusion(nn.Module):
         if condition is None and self.kind in CONCAT_KINDS:
             raise ValueError(f"this model does {self.kind}: it needs its input image as the condition")
         if self.kind in CONCAT_KINDS:
-            return lambda z_t, t: unet(torch.cat([z_t, condition], dim=1), t)
+            return concat_conditioning(unet, condition)
         encoder = networks["condition_encoder"]
         tokens, mask = encoder(condition) if condition is not None else encoder.null(batch_size)
         if guidance == 1.0:
@@ -141,10 +147,7 @@ class LatentDiffusion(nn.Module):
         def guided(z_t: Tensor, t: Tensor) -> Tensor:
             conditional, unconditional = unet(torch.cat([z_t, z_t]), torch.cat([t, t]), both_tokens,
                                               both_mask).chunk(2)
-            # Exercise 07.2: classifier-free guidance from the two outputs
-            ### BEGIN SOLUTION
-            return unconditional + guidance * (conditional - unconditional)
-            ### END SOLUTION
+            return classifier_free_guidance(conditional, unconditional, guidance)
 
         return guided
 
@@ -159,53 +162,41 @@ class LatentDiffusion(nn.Module):
         return self.diffusion.loss(lambda z_t, t: self.unet(z_t, t, tokens, mask), latents, generator)
 
     @torch.no_grad()
-    def sample(self, n: int, resolution: int, *, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
-               generator: torch.Generator | None = None, noise: Tensor | None = None, progress: bool = False,
-               condition: Tensor | None = None, guidance: float = 1.0, spacing: str = "linspace") -> Tensor:
+    def sample(self, n: int, resolution: int, options: SamplerOptions | None = None, *,
+               condition: Tensor | None = None, guidance: float = 1.0, noise: Tensor | None = None,
+               generator: torch.Generator | None = None) -> Tensor:
         """``n`` images (n, 3, R, R) in [-1, 1]: noise -> DDIM/DDPM in latent space -> decoder.
 
+        ``options``: the sampler and its settings (default: DDIM, 50 steps, eta 0).
         ``noise`` fixes the starting latents (n, c, R/f, R/f); otherwise they are drawn with
-        ``generator``. ``steps``, ``eta`` and ``spacing`` (which time steps,
-        :func:`~minildm.sampling.ddim_timesteps`) are DDIM's (DDPM runs all T steps).
-        ``condition`` (n rows) and ``guidance``: see :meth:`denoiser`.
+        ``generator``, which also draws the sampler's noise. ``condition`` (n rows) and
+        ``guidance``: see :meth:`denoiser`.
         """
-        run = ddim_sample if sampler == "ddim" else ddpm_sample
         with evaluating(self.networks()):
-            denoise, x_T = self._start(n, resolution, sampler, generator, noise, condition, guidance)
-            latents = run(self.diffusion, denoise, x_T,
-                          **self._options(sampler, steps, eta, generator, progress, spacing))
+            latents = final_state(*self._reverse_chain(n, resolution, options, condition, guidance, noise, generator))
         return self.decode(latents)
 
     @torch.no_grad()
-    def sample_trajectory(self, n: int, resolution: int, *, sampler: str = "ddim", steps: int = 50,
-                          eta: float = 0.0, generator: torch.Generator | None = None, noise: Tensor | None = None,
-                          progress: bool = False, condition: Tensor | None = None, guidance: float = 1.0,
-                          spacing: str = "linspace") -> tuple[Tensor, Trajectory]:
+    def sample_trajectory(self, n: int, resolution: int, options: SamplerOptions | None = None, *,
+                          condition: Tensor | None = None, guidance: float = 1.0, noise: Tensor | None = None,
+                          generator: torch.Generator | None = None) -> tuple[Tensor, Trajectory]:
         """:meth:`sample`, and the sampler's trajectory in latent space (states and predicted x0)."""
-        run = ddim_trajectory if sampler == "ddim" else ddpm_trajectory
         with evaluating(self.networks()):
-            denoise, x_T = self._start(n, resolution, sampler, generator, noise, condition, guidance)
-            trajectory = run(self.diffusion, denoise, x_T,
-                             **self._options(sampler, steps, eta, generator, progress, spacing))
+            trajectory = Trajectory.collect(*self._reverse_chain(n, resolution, options, condition, guidance, noise,
+                                                                 generator))
         return self.decode(trajectory.result), trajectory
 
-    def _start(self, n: int, resolution: int, sampler: str, generator: torch.Generator | None,
-               noise: Tensor | None, condition: Tensor | None, guidance: float) -> tuple[Callable, Tensor]:
-        """The denoiser and the starting noise x_T (n, c, R/f, R/f) of a sampling run."""
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    def _reverse_chain(self, n: int, resolution: int, options: SamplerOptions | None, condition: Tensor | None,
+                       guidance: float, noise: Tensor | None,
+                       generator: torch.Generator | None) -> tuple[Tensor, Iterator[Step]]:
+        """The starting noise x_T (n, c, R/f, R/f) of a sampling run, and the sampler's steps from it."""
         if condition is not None and len(condition) != n:
             raise ValueError(f"{len(condition)} conditions for {n} samples")
         if noise is None:
             noise = torch.randn((n, *self.latent_shape(resolution)), generator=generator)
         condition = None if condition is None else condition.to(self.device)
-        return self.denoiser(condition, guidance, n), noise.to(self.device)
-
-    @staticmethod
-    def _options(sampler: str, steps: int, eta: float, generator: torch.Generator | None, progress: bool,
-                 spacing: str) -> dict:
-        options = {"generator": generator, "progress": progress}
-        return {**options, "steps": steps, "eta": eta, "spacing": spacing} if sampler == "ddim" else options
+        denoise, x_T = self.denoiser(condition, guidance, n), noise.to(self.device)
+        return x_T, sampler_steps(self.diffusion, denoise, x_T, options or SamplerOptions(), generator)
 
     def inpainting_condition(self, images: Tensor, masks: Tensor) -> Tensor:
         """Images (B, 3, R, R) in [-1, 1] and masks (B, 1, R, R), 1 = fill -> the UNet's
@@ -213,25 +204,25 @@ class LatentDiffusion(nn.Module):
         return inpainting_condition(self.encode, images.to(self.device), masks.to(self.device))
 
     @torch.no_grad()
-    def inpaint(self, images: Tensor, masks: Tensor, *, steps: int = 50, generator: torch.Generator | None = None,
-                keep_known: bool = True, spacing: str = "linspace") -> Tensor:
-        """Fill the masked regions (masks (B, 1, R, R), 1 = fill) of images in [-1, 1]. With
-        ``keep_known`` the known pixels are pasted back: the decoder reproduces them only up
-        to the autoencoder's error."""
+    def inpaint(self, images: Tensor, masks: Tensor, options: SamplerOptions | None = None, *,
+                generator: torch.Generator | None = None, keep_known: bool = True) -> Tensor:
+        """Fill the masked regions (masks (B, 1, R, R), 1 = fill) of images in [-1, 1], sampled
+        with ``options`` (:meth:`sample`). With ``keep_known`` the known pixels are pasted
+        back: the decoder reproduces them only up to the autoencoder's error."""
         if self.kind != "inpaint":
             raise ValueError(f"this model does {self.kind}, not inpainting")
         condition = self.inpainting_condition(images, masks)
-        generated = self.sample(len(images), images.shape[-1], steps=steps, generator=generator,
-                                condition=condition, spacing=spacing).cpu()
+        generated = self.sample(len(images), images.shape[-1], options, condition=condition,
+                                generator=generator).cpu()
         return paste(generated, images.cpu(), masks.cpu()) if keep_known else generated
 
     @torch.no_grad()
-    def upscale(self, low_resolution: Tensor, *, steps: int = 50, generator: torch.Generator | None = None,
-                spacing: str = "linspace") -> Tensor:
-        """Super-resolution: images (B, 3, r, r) in [-1, 1] -> (B, 3, r * factor, r * factor)."""
+    def upscale(self, low_resolution: Tensor, options: SamplerOptions | None = None, *,
+                generator: torch.Generator | None = None) -> Tensor:
+        """Super-resolution: images (B, 3, r, r) in [-1, 1] -> (B, 3, r * factor, r * factor),
+        sampled with ``options`` (:meth:`sample`)."""
         if self.kind != "superres":
             raise ValueError(f"this model does {self.kind}, not super-resolution")
         resolution = low_resolution.shape[-1] * self.config.conditioning.superres_factor
         condition = superres_condition(low_resolution.to(self.device), self.latent_shape(resolution)[1:])
-        return self.sample(len(low_resolution), resolution, steps=steps, generator=generator,
-                           condition=condition, spacing=spacing).cpu()
+        return self.sample(len(low_resolution), resolution, options, condition=condition, generator=generator).cpu()

@@ -15,6 +15,7 @@ configuration (``config.json``) and, in ``weights.safetensors``, the EMA weights
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,37 +23,20 @@ from torch import Tensor, nn
 
 from minildm import checkpoint as ckpt
 from minildm import distributed
-from minildm.autoencoder import Autoencoder, PixelSpace
+from minildm.autoencoder import PixelSpace
 from minildm.autoencoder_training import load_autoencoder
 from minildm.conditioning import TOKEN_KINDS, ConditioningConfig
 from minildm.config import MinildmError, Profile
 from minildm.data.images import uint8_to_float
-from minildm.diffusion import DiffusionConfig
 from minildm.image_conditions import downsample, random_masks, superres_condition
 from minildm.ldm import DEFAULT_GUIDANCE, LatentDiffusion, LDMConfig
 from minildm.nn import set_gradient_checkpointing
+from minildm.recipes import ldm_config
 from minildm.sampling import ddim_sample
 from minildm.trainer import TrainConfig, Trainer
-from minildm.unet import UNetConfig
 
 RUN_CONFIG_KEYS = ("stage", "model", "learning_rate", "autoencoder_dir", "data")  # an LDM run's config.json
 
-
-def ldm_config(profile: Profile, autoencoder: Autoencoder, *, use_scale_factor: bool = True,
-               prediction: str | None = None, conditioning: ConditioningConfig | None = None) -> LDMConfig:
-    """The profile's UNet on the latents of ``autoencoder``; ``prediction`` overrides the
-    profile's target (eps, x0 or v). Token conditioning adds cross-attention, concat
-    conditioning input channels (c + 1 for inpainting, 3 for super-resolution)."""
-    preset, conditioning = profile.ldm, conditioning or ConditioningConfig()
-    channels = autoencoder.config.latent_channels
-    extra = {"inpaint": channels + 1, "superres": 3}.get(conditioning.kind, 0)
-    context = conditioning.channels if conditioning.kind in TOKEN_KINDS else None
-    unet = UNetConfig(in_channels=channels + extra, out_channels=channels, base_channels=preset.base_channels,
-                      channel_mult=preset.channel_mult, res_blocks=preset.res_blocks,
-                      attention_levels=preset.cross_attention_levels if context else preset.attention_levels,
-                      context_channels=context)
-    return LDMConfig(unet=unet, diffusion=DiffusionConfig(prediction=prediction or preset.prediction),
-                     autoencoder=autoencoder.config, use_scale_factor=use_scale_factor, conditioning=conditioning)
 
 
 def cached_latents(run_dir: Path, model: LatentDiffusion, pixels: Tensor) -> Tensor:
@@ -60,14 +44,14 @@ def cached_latents(run_dir: Path, model: LatentDiffusion, pixels: Tensor) -> Ten
     and kept in the run folder as ``latents.safetensors``."""
     path = run_dir / "latents.safetensors"
     tensors, metadata = _read_cache(path)
-    if metadata.get("n_images") == len(pixels) and metadata.get("scale") == model.scale:
+    if metadata.get("n_images") == len(pixels) and metadata.get("scale_factor") == model.scale_factor:
         return tensors["latents"]
     world = distributed.current()  # under torchrun each process encodes its part
     rows = range(2 * len(pixels))[distributed.my_rows(2 * len(pixels), world)]
     part = torch.cat([model.encode(images).cpu() for images in mirrored_batches(pixels, rows)])
     latents = distributed.gather_rows(part, 2 * len(pixels), world)  # (2N, c, h, w) on every process
     if world.is_main:
-        ckpt.save_atomic({"latents": latents}, path, {"n_images": len(pixels), "scale": model.scale})
+        ckpt.save_atomic({"latents": latents}, path, {"n_images": len(pixels), "scale_factor": model.scale_factor})
     return latents
 
 
@@ -123,53 +107,79 @@ def training_conditions(run_dir: Path, model: LatentDiffusion, pixels: Tensor, c
     return result
 
 
-def train_ldm(run_dir: str | Path, pixels: Tensor, *, autoencoder_dir: str | Path | None, profile: Profile,
-              steps: int | None = None, seed: int = 0, use_scale_factor: bool = True, prediction: str | None = None,
-              conditioning: ConditioningConfig | None = None, conditions: Tensor | None = None,
-              data_description: dict | None = None, progress: bool = True, accumulate: int = 1,
-              gradient_checkpointing: bool = False) -> LatentDiffusion:
+@dataclass
+class LDMTraining:
+    """How :func:`train_ldm` trains, and the choices it makes in the profile's model.
+
+    Attributes:
+        profile: the device, and the UNet's sizes, learning rate, batch size, steps, EMA decay
+            and target of ``profile.ldm``.
+        steps: optimiser steps (None: the profile's).
+        seed: seeds the weights, the batches, the noise and the inpainting masks.
+        prediction: what the UNet predicts, eps, x0 or v (None: the profile's).
+        use_scale_factor: multiply the latents by the autoencoder's scale factor (see :class:`LDMConfig`).
+        conditioning: makes a conditional model (None: unconditional).
+        data_description: the images, recorded in ``config.json`` for the command line.
+        progress: show a progress bar.
+        accumulate: micro-batches whose gradients are averaged into one optimiser step.
+        gradient_checkpointing: recompute the UNet's activations in the backward pass
+            (:func:`minildm.nn.set_gradient_checkpointing`): less memory, the same weights, more
+            time per step (README).
+    """
+
+    profile: Profile
+    steps: int | None = None
+    seed: int = 0
+    prediction: str | None = None
+    use_scale_factor: bool = True
+    conditioning: ConditioningConfig | None = None
+    data_description: dict | None = None
+    progress: bool = True
+    accumulate: int = 1
+    gradient_checkpointing: bool = False
+
+
+def train_ldm(run_dir: str | Path, pixels: Tensor, *, autoencoder_dir: str | Path | None, training: LDMTraining,
+              conditions: Tensor | None = None) -> LatentDiffusion:
     """Train (or resume) a UNet on the latents of uint8 images (N, 3, R, R); returns the model
     with its EMA weights loaded, ready to sample. ``autoencoder_dir`` None trains on the
     pixels themselves (:class:`minildm.autoencoder.PixelSpace`, the paper's LDM-1).
 
-    ``conditioning`` makes a conditional model; token kinds need ``conditions``, one per
-    image (:func:`minildm.conditioning.condition_tensor`), concat kinds make theirs from the
-    images. AdamW with a short warm-up and a cosine decay; EMA of the weights for sampling.
-    ``data_description`` records the images in ``config.json`` for the command line.
-    ``gradient_checkpointing`` recomputes the UNet's activations in the backward pass
-    (:func:`minildm.nn.set_gradient_checkpointing`): less memory, the same weights, more
-    time per step (README).
+    The model is the profile's (:func:`minildm.recipes.ldm_config`) with the choices of
+    ``training``; token kinds of conditioning need ``conditions``, one per image
+    (:func:`minildm.recipes.condition_tensor`), concat kinds make theirs from the images.
+    AdamW with a short warm-up and a cosine decay; EMA of the weights for sampling.
     """
-    run_dir, preset, device = Path(run_dir), profile.ldm, torch.device(profile.device)
+    run_dir, preset, device = Path(run_dir), training.profile.ldm, torch.device(training.profile.device)
     autoencoder = PixelSpace() if autoencoder_dir is None else load_autoencoder(autoencoder_dir, device)
-    torch.manual_seed(seed)
-    config = ldm_config(profile, autoencoder, use_scale_factor=use_scale_factor, prediction=prediction,
-                        conditioning=conditioning)
+    torch.manual_seed(training.seed)
+    config = ldm_config(training.profile, autoencoder, use_scale_factor=training.use_scale_factor,
+                        prediction=training.prediction, conditioning=training.conditioning)
     model = LatentDiffusion(config, autoencoder).to(device)
     run_config = {"stage": "ldm", "model": model.config.to_dict(), "learning_rate": preset.learning_rate,
-                  "autoencoder_dir": autoencoder_dir and str(autoencoder_dir), "data": data_description or {}}
+                  "autoencoder_dir": autoencoder_dir and str(autoencoder_dir), "data": training.data_description or {}}
     ckpt.write_run_config(run_dir, run_config)  # a folder of another run is refused before anything is written
     data = {"latents": cached_latents(run_dir, model, pixels)}
-    train_conditions = training_conditions(run_dir, model, pixels, conditions, seed)
+    train_conditions = training_conditions(run_dir, model, pixels, conditions, training.seed)
     if train_conditions is not None:
         data["conditions"] = train_conditions
     networks = model.networks()
-    set_gradient_checkpointing(networks, gradient_checkpointing)
+    set_gradient_checkpointing(networks, training.gradient_checkpointing)
     optimizer = torch.optim.AdamW(networks.parameters(), lr=preset.learning_rate, weight_decay=0.0)
 
     def loss_fn(batch, step):
         loss = model.loss(batch["latents"], condition=batch.get("conditions"))
         return {"networks": loss}, {"loss": loss.item()}
 
-    steps = steps or preset.steps
-    train_config = TrainConfig(steps=steps, batch_size=preset.batch_size, accumulate=accumulate,
-                               ema_decay=preset.ema_decay, seed=seed,
+    steps = training.steps or preset.steps
+    train_config = TrainConfig(steps=steps, batch_size=preset.batch_size, accumulate=training.accumulate,
+                               ema_decay=preset.ema_decay, seed=training.seed,
                                warmup_steps=min(100, steps // 10), cosine_decay=True,
                                checkpoint_every=max(1, steps // 5), figure_every=max(1, steps // 5))
     trainer = Trainer(run_dir, {**networks, "autoencoder": model.autoencoder}, optimizers={"networks": optimizer},
                       loss_fn=loss_fn, data=data, config=train_config, run_config=run_config, ema_of=list(networks),
-                      figure_fn=sample_figure(model, networks, train_conditions, pixels.shape[-1], seed),
-                      progress=progress)
+                      figure_fn=sample_figure(model, networks, train_conditions, pixels.shape[-1], training.seed),
+                      progress=training.progress)
     trainer.fit()
     for name, network in networks.items():
         network.load_state_dict(trainer.sampling_module(name).state_dict())

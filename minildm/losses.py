@@ -5,12 +5,13 @@ A plain L2 autoencoder gives blurry images. The paper follows VQGAN (Esser et al
 
     L = L_rec + L_reg + lambda * L_GAN,   L_rec = |x - D(E(x))| + LPIPS(x, D(E(x)))
 
-- a perceptual loss, :class:`PerceptualLoss`: distances between VGG16 features (LPIPS,
-  Zhang et al. 2018), which keeps textures sharp; offline, between the features of the FID
-  Inception-v3's early layers instead (:mod:`minildm.perceptual`);
+- a perceptual loss, :class:`~minildm.perceptual.PerceptualLoss`: distances between VGG16
+  features (LPIPS, Zhang et al. 2018), which keeps textures sharp; offline, between the
+  features of the FID Inception-v3's early layers instead (:mod:`minildm.perceptual` holds
+  the networks, their weight files and the choice for a profile);
 - a patch discriminator, :class:`PatchDiscriminator` (pix2pix, Isola et al. 2017), trained
   with the hinge loss and switched on only after ``disc_start`` steps;
-- an adaptive weight ``lambda`` (:func:`adaptive_weight`) that balances the GAN gradient
+- an adaptive weight ``lambda`` (:func:`adaptive_weight`, logged as ``gan_weight``) that balances the GAN gradient
   against the reconstruction gradient at the decoder's last layer;
 - the regulariser: ``kl_weight * KL`` for KL autoencoders, the codebook loss for VQ;
 - for KL, the reconstruction error is read as a Laplace likelihood whose scale exp(logvar)
@@ -22,205 +23,18 @@ Two optimisers, both Adam with betas (0.5, 0.9): one for the autoencoder plus
 
 from __future__ import annotations
 
-import os
-import pickle
-import shutil
-import sys
-import tempfile
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from minildm.autoencoder import AutoencoderConfig
-from minildm.config import MinildmError, Profile, SavedConfig, data_dir
+from minildm.config import SavedConfig
 from minildm.nn import normalization
-from minildm.perceptual import EarlyInceptionFeatures
-
-VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
-VGG16_WEIGHTS_ENV = "MINILDM_VGG16_WEIGHTS"
-DOWNLOAD_TIMEOUT_S = 10.0
-# Output widths of VGG16's 13 convolutions, in 5 blocks separated by 2x2 max pooling.
-VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def vgg16_conv_names() -> list[str]:
-    """``conv1_1`` ... ``conv5_3``, the names of the VGG paper (Simonyan & Zisserman 2015)."""
-    return [f"conv{block}_{layer}" for block, widths in enumerate(VGG16_BLOCKS, 1)
-            for layer in range(1, len(widths) + 1)]
-
-
-class VGG16Features(nn.Module):
-    """VGG16's convolutional trunk, returning the five feature maps LPIPS compares:
-    relu1_2, relu2_2, relu3_3, relu4_3 and relu5_3.
-
-    The weights are frozen, so they are non-persistent buffers rather than parameters: they
-    follow ``.to(device)``, no optimiser sees them, and checkpoints of the loss do not copy
-    them. They are random (He initialisation) until :meth:`load_weights`.
-    """
-
-    description = "VGG16 (ImageNet), LPIPS lin-off"
-
-    def __init__(self) -> None:
-        super().__init__()
-        in_channels = 3
-        for name, out_channels in zip(vgg16_conv_names(), [w for ws in VGG16_BLOCKS for w in ws]):
-            weight = torch.randn(out_channels, in_channels, 3, 3) * (2 / (9 * in_channels)) ** 0.5
-            self.register_buffer(f"{name}_weight", weight, persistent=False)
-            self.register_buffer(f"{name}_bias", torch.zeros(out_channels), persistent=False)
-            in_channels = out_channels
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-    def load_weights(self, tensors: dict[str, Tensor]) -> None:
-        """Copy weights named ``conv1_1.weight``, ``conv1_1.bias``, ... (see :func:`vgg16_from_torchvision`)."""
-        expected = {f"{name}.{kind}" for name in vgg16_conv_names() for kind in ("weight", "bias")}
-        if set(tensors) != expected:
-            raise MinildmError(f"VGG16 weights must have exactly the keys {sorted(expected)}")
-        for key, value in tensors.items():
-            target = getattr(self, key.replace(".", "_"))
-            if value.shape != target.shape:
-                raise MinildmError(f"VGG16 weight {key} has shape {tuple(value.shape)}, expected {tuple(target.shape)}")
-            target.copy_(value)
-
-    def forward(self, images: Tensor) -> list[Tensor]:
-        """Images (B, 3, H, W) in [-1, 1] -> five feature maps, (B, 64, H, W) ... (B, 512, H/16, W/16)."""
-        h = ((images + 1) / 2 - self.mean) / self.std  # ImageNet statistics, as LPIPS does
-        features = []
-        for block, widths in enumerate(VGG16_BLOCKS, 1):
-            if block > 1:
-                h = F.max_pool2d(h, 2)
-            for layer in range(1, len(widths) + 1):
-                name = f"conv{block}_{layer}"
-                h = F.relu(F.conv2d(h, getattr(self, f"{name}_weight"), getattr(self, f"{name}_bias"), padding=1))
-            features.append(h)
-        return features
-
-
-def vgg16_from_torchvision(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Rename torchvision's VGG16 weights (``features.0.weight`` ...) to ours (``conv1_1.weight``).
-
-    torchvision numbers the layers of one ``nn.Sequential``: each conv is followed by a ReLU
-    (2 indices), each block by a max pool (1 index). The classifier is dropped.
-    """
-    renamed, index = {}, 0
-    for block, widths in enumerate(VGG16_BLOCKS, 1):
-        for layer in range(1, len(widths) + 1):
-            for kind in ("weight", "bias"):
-                renamed[f"conv{block}_{layer}.{kind}"] = state_dict[f"features.{index}.{kind}"]
-            index += 2
-        index += 1
-    return renamed
-
-
-class PerceptualLoss(nn.Module):
-    """LPIPS distance with uniform channel weights (the "lin off" baseline of Zhang et al. 2018):
-    for each feature map of the ``network``, unit-normalise every pixel's feature vector, take
-    the squared difference, sum over channels, average over pixels; then sum over the maps.
-    Zero for identical images, symmetric, and differentiable in both images.
-
-    ``network``: a frozen trunk that maps images in [-1, 1] to a list of feature maps and has a
-    ``description``: :class:`VGG16Features` (the paper's) or
-    :class:`~minildm.perceptual.EarlyInceptionFeatures` (offline).
-    """
-
-    def __init__(self, network: VGG16Features | EarlyInceptionFeatures) -> None:
-        super().__init__()
-        self.network = network
-
-    @property
-    def description(self) -> str:
-        """Which network the distance compares features of (recorded in a run's ``config.json``)."""
-        return self.network.description
-
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        """Images (B, 3, H, W) in [-1, 1] -> distances (B,)."""
-        features = self.network(torch.cat([x, y]))
-        distance = torch.zeros(len(x), device=x.device)
-        for both in features:
-            f_x, f_y = F.normalize(both, dim=1, eps=1e-10).chunk(2)  # (B, C, h, w) each
-            distance = distance + ((f_x - f_y) ** 2).sum(dim=1).mean(dim=(1, 2))
-        return distance
-
-
-def default_weights_path() -> Path:
-    return data_dir() / "weights" / "vgg16.safetensors"
-
-
-def find_local_weights(path: str | Path | None = None) -> Path | None:
-    """The VGG16 safetensors file: ``path``, else ``$MINILDM_VGG16_WEIGHTS``, else
-    ``<data dir>/weights/vgg16.safetensors`` if it exists, else None."""
-    named = path or os.environ.get(VGG16_WEIGHTS_ENV)
-    if not named:
-        return default_weights_path() if default_weights_path().is_file() else None
-    named = Path(named)
-    if not named.is_file():
-        raise MinildmError(f"no VGG16 weights at {named}")
-    if named.suffix != ".safetensors":
-        raise MinildmError(f"VGG16 weights must be a .safetensors file (never unpickled), got {named}")
-    return named
-
-
-def download_vgg16_weights(destination: Path) -> Path:
-    """Fetch torchvision's ImageNet VGG16 once, keep the trunk as safetensors at ``destination``."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=destination.parent) as folder:
-        downloaded = Path(folder) / "vgg16.pth"
-        with urllib.request.urlopen(VGG16_URL, timeout=DOWNLOAD_TIMEOUT_S) as response, \
-                open(downloaded, "wb") as file:
-            print(f"downloading VGG16 weights (528 MB, once) from {VGG16_URL}", file=sys.stderr)
-            shutil.copyfileobj(response, file)
-        state_dict = torch.load(downloaded, map_location="cpu", weights_only=True)
-        converted = Path(folder) / destination.name
-        save_file({k: v.contiguous() for k, v in vgg16_from_torchvision(state_dict).items()}, str(converted))
-        os.replace(converted, destination)
-    return destination
-
-
-def load_perceptual(path: str | Path | None = None) -> PerceptualLoss | None:
-    """The perceptual loss with ImageNet VGG16 weights, the paper's, from a local file (see
-    :func:`find_local_weights`) or a download. When both fail: after one warning line, the
-    loss on the FID Inception-v3's early layers (:func:`offline_perceptual`), or None when the
-    ``fid`` extra that ships that network is not installed either."""
-    source = find_local_weights(path)
-    if source is None:
-        try:
-            source = download_vgg16_weights(default_weights_path())
-        except (OSError, RuntimeError, KeyError, pickle.UnpicklingError) as error:
-            return offline_perceptual(error)
-    vgg = VGG16Features()
-    vgg.load_weights(load_file(str(source)))
-    return PerceptualLoss(vgg).eval()
-
-
-def offline_perceptual(error: Exception) -> PerceptualLoss | None:
-    """The loss on :class:`~minildm.perceptual.EarlyInceptionFeatures` or, without the ``fid``
-    extra, None; either way one warning line says why VGG16 is missing (``error``)."""
-    folder = default_weights_path().parent
-    try:
-        network = EarlyInceptionFeatures()
-    except MinildmError:
-        print(f"warning: VGG16 weights unavailable (offline?): training without the perceptual loss; "
-              f"put vgg16.safetensors in {folder} to enable it ({error})", file=sys.stderr)
-        return None
-    print(f"warning: VGG16 weights unavailable (offline?): the perceptual loss uses the FID Inception-v3's "
-          f"early layers instead; put vgg16.safetensors in {folder} for the paper's VGG16 ({error})",
-          file=sys.stderr)
-    return PerceptualLoss(network).eval()
-
-
-def perceptual_for(profile: Profile) -> PerceptualLoss | None:
-    """:func:`load_perceptual` when the profile's stage 1 trains with the perceptual term
-    (``profile.autoencoder.perceptual``), else None (``tiny`` and ``cpu``, for speed)."""
-    return load_perceptual() if profile.autoencoder.perceptual else None
-
+from minildm.perceptual import PerceptualLoss
 
 class PatchDiscriminator(nn.Module):
     """PatchGAN (pix2pix, Isola et al. 2017): one real/fake logit per overlapping image patch.
@@ -297,7 +111,7 @@ class LossConfig(SavedConfig):
             has none (L1 + LPIPS); short CPU runs use it: PSNR is a squared-error measure.
         disc_start: step at which the GAN loss switches on (the paper's KL configs: 50001).
         disc_weight: factor on the adaptive GAN weight.
-        kl_weight: weight of the KL term (copy the autoencoder config's, see ``from_autoencoder``).
+        kl_weight: weight of the KL term (KL autoencoders; the paper: 1e-6).
         learned_logvar: learn the scale of the reconstruction likelihood (``logvar``).
         disc_layers: strided layers of the patch discriminator.
     """
@@ -312,10 +126,9 @@ class LossConfig(SavedConfig):
 
     @classmethod
     def from_autoencoder(cls, autoencoder_config: AutoencoderConfig, **overrides) -> LossConfig:
-        """Take ``kl_weight`` from an :class:`~minildm.autoencoder.AutoencoderConfig`; VQ turns off
-        the learned logvar, like the paper's VQ loss (taming), so the codebook loss keeps its weight."""
-        values = {"kl_weight": autoencoder_config.kl_weight, "learned_logvar": autoencoder_config.reg == "kl"}
-        return cls(**{**values, **overrides})
+        """The loss for an :class:`~minildm.autoencoder.AutoencoderConfig`: VQ turns off the learned
+        logvar, like the paper's VQ loss (taming), so the codebook loss keeps its weight."""
+        return cls(**{"learned_logvar": autoencoder_config.reg == "kl", **overrides})
 
 
 class AutoencoderLoss(nn.Module):
@@ -367,11 +180,11 @@ class AutoencoderLoss(nn.Module):
         if self.gan_active(step):
             with frozen(self.discriminator):
                 g_loss = generator_adversarial_loss(self.discriminator(reconstruction))
-            d_weight = torch.zeros((), device=x.device)
+            gan_weight = torch.zeros((), device=x.device)  # lambda, Rombach et al. eq. 25
             if torch.is_grad_enabled():  # no gradients to balance during evaluation
-                d_weight = self.config.disc_weight * adaptive_weight(nll, g_loss, last_layer_weight)
-            loss = loss + d_weight * g_loss
-            logs.update(g_loss=g_loss.item(), d_weight=d_weight.item())
+                gan_weight = self.config.disc_weight * adaptive_weight(nll, g_loss, last_layer_weight)
+            loss = loss + gan_weight * g_loss
+            logs.update(g_loss=g_loss.item(), gan_weight=gan_weight.item())
         logs["total"] = loss.item()
         return loss, logs
 

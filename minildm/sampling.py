@@ -8,15 +8,17 @@
 - measuring a trajectory: :func:`distance_to_result` and :func:`settling_step` (when the
   predicted x0 stops changing much).
 
-Each sampler comes twice: ``*_sample`` returns the sample, ``*_trajectory`` a
-:class:`Trajectory` with every state and every predicted x0 along the way. ``denoise`` is any
-function ``(x_t, t) -> network output`` (:meth:`minildm.ldm.LatentDiffusion.denoiser`).
+Each sampler's loop is written once, as a generator of steps (:func:`ddpm_steps`,
+:func:`ddim_steps`); ``*_sample`` returns its last state, ``*_trajectory`` a
+:class:`Trajectory` with every state and every predicted x0 along the way.
+:class:`SamplerOptions` picks a sampler and its settings (:func:`sampler_steps`). ``denoise``
+is any function ``(x_t, t) -> network output`` (:meth:`minildm.ldm.LatentDiffusion.denoiser`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +26,10 @@ from torch import Tensor
 from tqdm import tqdm
 
 from minildm.diffusion import Denoiser, Diffusion
+
+SAMPLERS = ("ddim", "ddpm")
+SPACINGS = ("linspace", "leading")  # how ddim_timesteps spreads its steps
+Step = tuple[int, Tensor, Tensor]  # (t, x after the step from t, x0_hat predicted at t)
 
 
 @dataclass
@@ -45,6 +51,22 @@ class Trajectory:
     def result(self) -> Tensor:
         return self.states[-1]
 
+    @classmethod
+    def collect(cls, x_T: Tensor, steps: Iterable[Step]) -> Trajectory:
+        """Every step a sampler takes from the noise ``x_T``."""
+        trajectory = cls([], [x_T], [])
+        for step, state, prediction in steps:
+            trajectory.record(step, state, prediction)
+        return trajectory
+
+
+def final_state(x_T: Tensor, steps: Iterable[Step]) -> Tensor:
+    """Run a sampler's ``steps`` from the noise ``x_T`` and keep only where they end."""
+    x = x_T
+    for _, x, _ in steps:  # each state replaces the one before
+        pass
+    return x
+
 
 def ddpm_step(diffusion: Diffusion, denoise: Denoiser, x: Tensor, step: int,
               generator: torch.Generator | None = None, clip: float | None = None) -> tuple[Tensor, Tensor]:
@@ -62,29 +84,30 @@ def ddpm_step(diffusion: Diffusion, denoise: Denoiser, x: Tensor, step: int,
 
 
 @torch.no_grad()
-def ddpm_sample(diffusion: Diffusion, denoise: Denoiser, x_T: Tensor, *, generator: torch.Generator | None = None,
-                clip: float | None = None, progress: bool = False) -> Tensor:
-    """Ancestral sampling over all T steps from the noise x_T (B, C, H, W). ``generator``
-    draws the noise added along the way; ``clip`` clamps the predicted x0 to [-clip, clip]
-    (useful in pixel space, where images live in [-1, 1]; latents have no fixed range)."""
+def ddpm_steps(diffusion: Diffusion, denoise: Denoiser, x_T: Tensor, *, generator: torch.Generator | None = None,
+               clip: float | None = None, progress: bool = False) -> Iterator[Step]:
+    """Ancestral sampling over all T steps from the noise x_T (B, C, H, W), one
+    :func:`ddpm_step` at a time. ``generator`` draws the noise added along the way; ``clip``
+    clamps the predicted x0 to [-clip, clip] (useful in pixel space, where images live in
+    [-1, 1]; latents have no fixed range)."""
     x = x_T
     for step in tqdm(range(diffusion.timesteps - 1, -1, -1), desc="DDPM", disable=not progress):
-        x, _ = ddpm_step(diffusion, denoise, x, step, generator, clip)
-    return x
+        x, x0 = ddpm_step(diffusion, denoise, x, step, generator, clip)
+        yield step, x, x0
 
 
-@torch.no_grad()
+def ddpm_sample(diffusion: Diffusion, denoise: Denoiser, x_T: Tensor, *, generator: torch.Generator | None = None,
+                clip: float | None = None, progress: bool = False) -> Tensor:
+    """The sample (B, C, H, W) that :func:`ddpm_steps` ends on."""
+    return final_state(x_T, ddpm_steps(diffusion, denoise, x_T, generator=generator, clip=clip, progress=progress))
+
+
 def ddpm_trajectory(diffusion: Diffusion, denoise: Denoiser, x_T: Tensor, *,
                     generator: torch.Generator | None = None, clip: float | None = None,
                     progress: bool = False) -> Trajectory:
     """:func:`ddpm_sample`, keeping every state and every predicted x0."""
-    trajectory = Trajectory([], [x_T], [])
-    for step in tqdm(range(diffusion.timesteps - 1, -1, -1), desc="DDPM", disable=not progress):
-        trajectory.record(step, *ddpm_step(diffusion, denoise, trajectory.result, step, generator, clip))
-    return trajectory
-
-
-SPACINGS = ("linspace", "leading")  # how ddim_timesteps spreads its steps
+    return Trajectory.collect(x_T, ddpm_steps(diffusion, denoise, x_T, generator=generator, clip=clip,
+                                              progress=progress))
 
 
 def ddim_timesteps(diffusion: Diffusion, steps: int, spacing: str = "linspace") -> list[int]:
@@ -97,11 +120,7 @@ def ddim_timesteps(diffusion: Diffusion, steps: int, spacing: str = "linspace") 
       steps_offset=0)``, and the grid of the LDM paper's code (CompVis ``make_ddim_timesteps``,
       ``ddim_discr_method="uniform"``, whose time steps are these plus 1).
 
-    Why two: ``DDIMScheduler.step`` does not read the next time step from its list, it always
-    jumps from t to t - T // steps (diffusers issue #12633). With ``linspace`` minildm's next
-    time step is up to one training step away from where diffusers lands (the chains agree
-    only at steps = T); with ``leading`` the next time step *is* t - T // steps, so an
-    exported pipeline (:mod:`minildm.interop.export`) follows minildm at every step count.
+    An exported diffusers pipeline follows ``leading`` only: :func:`minildm.interop.export.ddim_scheduler_config`.
     """
     if not 1 <= steps <= diffusion.timesteps:
         raise ValueError(f"steps must be between 1 and {diffusion.timesteps}, got {steps}")
@@ -136,32 +155,68 @@ def ddim_step(diffusion: Diffusion, denoise: Denoiser, x: Tensor, step: int, nex
 
 
 @torch.no_grad()
-def ddim_sample(diffusion: Diffusion, denoise: Denoiser, x_T: Tensor, *, steps: int = 50, eta: float = 0.0,
-                generator: torch.Generator | None = None, clip: float | None = None,
-                progress: bool = False, spacing: str = "linspace") -> Tensor:
-    """DDIM over ``steps`` of the T steps. ``eta = 0`` is deterministic: the same x_T always
-    gives the same sample; ``eta = 1`` with all T steps is DDPM's ancestral sampler.
-    ``spacing``: which time steps (:func:`ddim_timesteps`)."""
+def ddim_steps(diffusion: Diffusion, denoise: Denoiser, x_T: Tensor, *, steps: int = 50, eta: float = 0.0,
+               generator: torch.Generator | None = None, clip: float | None = None,
+               progress: bool = False, spacing: str = "linspace") -> Iterator[Step]:
+    """DDIM over ``steps`` of the T steps, one :func:`ddim_step` at a time. ``eta = 0`` is
+    deterministic: the same x_T always gives the same sample; ``eta = 1`` with all T steps is
+    DDPM's ancestral sampler. ``spacing``: which time steps (:func:`ddim_timesteps`)."""
     schedule = ddim_timesteps(diffusion, steps, spacing)
     x = x_T
     for index, step in enumerate(tqdm(schedule, desc="DDIM", disable=not progress)):
         next_step = schedule[index + 1] if index + 1 < len(schedule) else None
-        x, _ = ddim_step(diffusion, denoise, x, step, next_step, eta, generator, clip)
-    return x
+        x, x0 = ddim_step(diffusion, denoise, x, step, next_step, eta, generator, clip)
+        yield step, x, x0
 
 
-@torch.no_grad()
+def ddim_sample(diffusion: Diffusion, denoise: Denoiser, x_T: Tensor, *, steps: int = 50, eta: float = 0.0,
+                generator: torch.Generator | None = None, clip: float | None = None,
+                progress: bool = False, spacing: str = "linspace") -> Tensor:
+    """The sample (B, C, H, W) that :func:`ddim_steps` ends on."""
+    return final_state(x_T, ddim_steps(diffusion, denoise, x_T, steps=steps, eta=eta, generator=generator,
+                                       clip=clip, progress=progress, spacing=spacing))
+
+
 def ddim_trajectory(diffusion: Diffusion, denoise: Denoiser, x_T: Tensor, *, steps: int = 50, eta: float = 0.0,
                     generator: torch.Generator | None = None, clip: float | None = None,
                     progress: bool = False, spacing: str = "linspace") -> Trajectory:
     """:func:`ddim_sample`, keeping every state and every predicted x0."""
-    schedule = ddim_timesteps(diffusion, steps, spacing)
-    trajectory = Trajectory([], [x_T], [])
-    for index, step in enumerate(tqdm(schedule, desc="DDIM", disable=not progress)):
-        next_step = schedule[index + 1] if index + 1 < len(schedule) else None
-        trajectory.record(step, *ddim_step(diffusion, denoise, trajectory.result, step, next_step, eta, generator,
-                                           clip))
-    return trajectory
+    return Trajectory.collect(x_T, ddim_steps(diffusion, denoise, x_T, steps=steps, eta=eta, generator=generator,
+                                              clip=clip, progress=progress, spacing=spacing))
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    """How to run the reverse chain, given to :meth:`minildm.ldm.LatentDiffusion.sample`.
+
+    Attributes:
+        sampler: ``ddim`` (Song et al. 2021) or ``ddpm`` (Ho et al. 2020, all T steps).
+        steps: DDIM's number of steps (DDPM ignores it and runs all T).
+        eta: DDIM's noise, 0 deterministic, 1 like DDPM.
+        spacing: DDIM's time steps (:func:`ddim_timesteps`).
+        progress: show a progress bar.
+    """
+
+    sampler: str = "ddim"
+    steps: int = 50
+    eta: float = 0.0
+    spacing: str = "linspace"
+    progress: bool = False
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}")
+        if self.spacing not in SPACINGS:
+            raise ValueError(f"unknown time step spacing {self.spacing!r}: choose one of {', '.join(SPACINGS)}")
+
+
+def sampler_steps(diffusion: Diffusion, denoise: Denoiser, x_T: Tensor, options: SamplerOptions,
+                  generator: torch.Generator | None = None) -> Iterator[Step]:
+    """The steps of the sampler that ``options`` names, from the noise x_T (B, C, H, W)."""
+    if options.sampler == "ddpm":
+        return ddpm_steps(diffusion, denoise, x_T, generator=generator, progress=options.progress)
+    return ddim_steps(diffusion, denoise, x_T, steps=options.steps, eta=options.eta, generator=generator,
+                      progress=options.progress, spacing=options.spacing)
 
 
 @torch.no_grad()

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from minildm import autoencoder_training
+from minildm.autoencoder_training import AutoencoderTraining, train_autoencoder
 from minildm.data import toyfaces
 from minildm.config import get_profile
 from minildm.data.images import float_to_uint8
+from minildm.recipes import autoencoder_config
 
 
 @pytest.fixture
@@ -28,5 +29,6 @@ def toy_pixels(n: int, seed: int) -> torch.Tensor:
 def train_tiny_autoencoder(run_dir, pixels):
     """A KL f = 4 autoencoder trained on ``pixels`` in the tiny profile; returns it."""
     profile = get_profile("tiny")
-    config = autoencoder_training.autoencoder_config(profile, factor=4, reg="kl")
-    return autoencoder_training.train_autoencoder(run_dir, pixels, config=config, profile=profile, progress=False)
+    config = autoencoder_config(profile, factor=4, reg="kl")
+    return train_autoencoder(run_dir, pixels, config=config,
+                             training=AutoencoderTraining(profile=profile, progress=False))

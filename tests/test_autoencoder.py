@@ -63,22 +63,19 @@ def test_config_round_trips_through_json_and_rejects_bad_values():
     with pytest.raises(ValueError, match="unknown autoencoder regularisation 'ae'"):
         AutoencoderConfig(reg="ae")
     with pytest.raises(ValueError, match="pixel space .* has factor 1"):
-        AutoencoderConfig(reg="none", factor=4)
+        AutoencoderConfig(reg="pixel", factor=4)
 
 
-def test_a_config_written_before_downsample_padding_loads_as_symmetric():
-    old = AutoencoderConfig(reg="vq", factor=8, base_channels=48).to_dict()
-    # the default is left out, so a run folder written before the field existed has the same config.json
-    assert "downsample_padding" not in old
-    loaded = AutoencoderConfig.from_dict(json.loads(json.dumps(old)))
-    assert loaded.downsample_padding == "symmetric"
-    assert loaded == AutoencoderConfig(reg="vq", factor=8, base_channels=48)
+def test_the_saved_config_records_every_field_the_padding_too():
+    config = AutoencoderConfig(reg="vq", factor=8, base_channels=48)
+    saved = json.loads(json.dumps(config.to_dict()))
+    assert saved["downsample_padding"] == "symmetric" and AutoencoderConfig.from_dict(saved) == config
     right_bottom = AutoencoderConfig(downsample_padding="right_bottom")
     assert AutoencoderConfig.from_dict(json.loads(json.dumps(right_bottom.to_dict()))) == right_bottom
     with pytest.raises(ValueError, match="unknown downsample padding 'left': choose 'symmetric' or 'right_bottom'$"):
         AutoencoderConfig(downsample_padding="left")
-    with pytest.raises(ValueError, match="missing key 'patch_size'"):  # only the new field may be missing
-        AutoencoderConfig.from_dict({key: value for key, value in old.items() if key != "patch_size"})
+    with pytest.raises(ValueError, match="missing key 'downsample_padding'"):
+        AutoencoderConfig.from_dict({key: value for key, value in saved.items() if key != "downsample_padding"})
 
 
 def test_right_bottom_downsampling_pads_right_and_bottom_only():
@@ -301,4 +298,14 @@ def test_measure_scale_factor_gives_unit_variance_latents():
         latents = autoencoder.encode(images)
     assert scale == pytest.approx(1 / latents.std().item(), rel=1e-4)
     assert (latents * scale).std().item() == pytest.approx(1.0, rel=1e-4)
-    assert autoencoder.scale_factor.item() == 1.0 and "scale_factor" in autoencoder.state_dict()
+    assert not autoencoder.scale_factor_measured and "scale_factor" in autoencoder.state_dict()
+    autoencoder.scale_factor.fill_(scale)
+    assert autoencoder.scale_factor_measured
+
+
+def test_only_a_kl_autoencoders_scale_factor_waits_to_be_measured():
+    kl, vq = build_autoencoder(small()), build_autoencoder(small(reg="vq"))
+    assert torch.isnan(kl.scale_factor) and not kl.scale_factor_measured
+    assert vq.scale_factor.item() == 1.0 and vq.scale_factor_measured  # 1 by definition
+    pixel_space = build_autoencoder(pixel_space_config())
+    assert pixel_space.scale_factor.item() == 1.0 and pixel_space.scale_factor_measured

@@ -19,6 +19,8 @@ from PIL import Image
 from minildm import checkpoint as ckpt
 from minildm.app.cli import main
 
+pytestmark = pytest.mark.integration  # trains models or runs whole commands: `make unit` leaves this file out
+
 CASES = [
     # data
     ("data --dataset no/such/folder", "no such file or folder"),

@@ -14,6 +14,8 @@ from minildm.app.cli import main
 from minildm.config import data_dir
 from minildm.evaluation.judge import OUTPUTS, AttributeClassifier, ToyFaceJudge
 
+pytestmark = pytest.mark.integration  # trains models or runs whole commands: `make unit` leaves this file out
+
 
 def run_minildm(*args, tmp_path, timeout=120, **env):
     environment = {**os.environ, "MINILDM_DATA_DIR": str(tmp_path / "data"), **env}
@@ -34,6 +36,16 @@ def test_data_command_prints_a_summary_and_writes_a_grid(tmp_path):
     again = run_minildm("data", "--dataset", "toyfaces", "--resolution", "32", "--n", "40",
                         tmp_path=tmp_path)
     assert "(loaded from cache)" in again.stdout
+
+
+def test_help_opens_with_plain_words_and_lists_the_commands_in_order(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "``" not in text and "minildm: latent diffusion" in text  # plain words, not a docstring
+    listed = [line.split()[0] for line in text.splitlines() if line.startswith("    ") and line[4] != " "]
+    assert listed[:5] == ["data", "train-ae", "train-ldm", "sample", "evaluate"]
 
 
 @pytest.mark.parametrize("args, message", [

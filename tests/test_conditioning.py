@@ -4,14 +4,14 @@ learns its condition."""
 import pytest
 import torch
 
-from minildm import autoencoder_training, data
+from minildm import data
+from minildm.app.options import requested_condition
 from minildm.autoencoder import build_autoencoder
-from minildm.conditioning import (AttributeEncoder, ClassEncoder, ConditioningConfig, TextEncoder, WordTokenizer,
-                                  condition_tensor, conditioning_config, requested_condition)
+from minildm.conditioning import AttributeEncoder, ClassEncoder, ConditioningConfig, TextEncoder, WordTokenizer
 from minildm.config import MinildmError, get_profile
 from minildm.data import toyfaces
 from minildm.ldm import LatentDiffusion
-from minildm.ldm_training import ldm_config
+from minildm.recipes import autoencoder_config, condition_tensor, conditioning_config, ldm_config
 from minildm.sampling import ddim_sample
 
 
@@ -87,7 +87,7 @@ def test_configurations_come_from_the_data(faces):
 
 def tiny_model(kind: str, names: list[str], prediction: str = "v") -> LatentDiffusion:
     profile = get_profile("tiny")
-    autoencoder = build_autoencoder(autoencoder_training.autoencoder_config(profile, factor=4, reg="kl"))
+    autoencoder = build_autoencoder(autoencoder_config(profile, factor=4, reg="kl"))
     named = {"class": "class_names", "attributes": "attribute_names", "text": "vocabulary"}[kind]
     config = ldm_config(profile, autoencoder, prediction=prediction,
                         conditioning=ConditioningConfig(kind, channels=16, **{named: names}))
@@ -111,6 +111,7 @@ def test_guidance_extrapolates_from_the_null_output_to_the_conditional_one():
         assert torch.allclose(model.denoiser(None, batch_size=2)(z_t, t), unconditional, atol=1e-5)
 
 
+@pytest.mark.integration
 def test_a_class_conditional_model_learns_its_classes():
     """Class 0 is latents of +1 everywhere, class 1 of -1: after training, samples of each
     class land on their own value."""

@@ -19,6 +19,8 @@ from minildm.course.grading import grade
 from minildm.course.sandbox import Limits, isolation
 from minildm.course.student import write_student_copy
 
+pytestmark = pytest.mark.integration  # trains models or runs whole commands: `make unit` leaves this file out
+
 ROOT = Path(__file__).resolve().parent.parent
 GRADE_CLASS = ROOT / "benchmarks" / "grade_class.py"
 spec = importlib.util.spec_from_file_location("grade_class", GRADE_CLASS)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from minildm.diffusion import Diffusion, make_betas
-from minildm.sampling import (ddim_invert, ddim_sample, ddim_timesteps, ddim_trajectory, ddpm_sample, ddpm_trajectory,
-                              slerp)
+from minildm.sampling import (SamplerOptions, Trajectory, ddim_invert, ddim_sample, ddim_timesteps, ddim_trajectory,
+                              ddpm_sample, ddpm_trajectory, sampler_steps, slerp)
 
 
 def test_linear_schedule_is_linear_in_sqrt_beta():
@@ -184,6 +184,23 @@ def test_ddim_samples_along_the_spacing_it_is_given():
     assert trajectory.timesteps == ddim_timesteps(diffusion, 27, "leading")
     torch.testing.assert_close(ddim_sample(diffusion, denoise, x_T, steps=27, spacing="leading"), trajectory.result)
     assert ddim_trajectory(diffusion, denoise, x_T, steps=27).timesteps == ddim_timesteps(diffusion, 27)
+
+
+def test_sampler_options_pick_the_sampler_and_refuse_unknown_names():
+    diffusion = Diffusion(timesteps=50, beta_start=0.001, beta_end=0.05)
+    denoise = gaussian_data_denoiser(diffusion, 0.5)
+    x_T = torch.randn(2, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    ddpm = Trajectory.collect(x_T, sampler_steps(diffusion, denoise, x_T, SamplerOptions(sampler="ddpm", steps=7),
+                                                 torch.Generator().manual_seed(1)))
+    assert ddpm.timesteps == list(range(49, -1, -1))  # DDPM runs all T steps, whatever ``steps`` says
+    assert torch.equal(ddpm.result, ddpm_sample(diffusion, denoise, x_T, generator=torch.Generator().manual_seed(1)))
+    ddim = Trajectory.collect(x_T, sampler_steps(diffusion, denoise, x_T, SamplerOptions(steps=7, spacing="leading")))
+    assert ddim.timesteps == ddim_timesteps(diffusion, 7, "leading")
+    assert torch.equal(ddim.result, ddim_sample(diffusion, denoise, x_T, steps=7, spacing="leading"))
+    with pytest.raises(ValueError, match="unknown sampler"):
+        SamplerOptions(sampler="euler")
+    with pytest.raises(ValueError, match="unknown time step spacing"):
+        SamplerOptions(spacing="trailing")
 
 
 def test_ddim_with_eta_zero_is_deterministic():

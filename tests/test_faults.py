@@ -176,13 +176,16 @@ def test_a_damaged_tampered_foreign_or_newer_checkpoint_gives_one_line(reference
         "truncated": lambda path: path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]),
         "tampered header": lambda path: path.write_bytes(b"\xff" * 8 + path.read_bytes()[8:]),
         "another configuration": lambda path: save_file(
-            {**weights, "autoencoder.encoder.conv_in.weight": torch.zeros(3, 3, 3, 3)}, str(path)),
+            {**weights, "autoencoder.encoder.conv_in.weight": torch.zeros(3, 3, 3, 3)}, str(path),
+            metadata=ckpt.stamped_metadata({"step": 0})),
+        "a foreign file": lambda path: save_file(weights, str(path)),
         "a newer minildm": lambda path: save_file(weights, str(path), metadata={
             "written_by": json.dumps({"minildm": "9.0.0", "format": 99})}),
     }
     messages = {"truncated": "is damaged", "tampered header": "is damaged",
                 "another configuration": "was made with a different configuration: "
                                          "encoder.conv_in.weight has shape (3, 3, 3, 3) there",
+                "a foreign file": "has no written_by stamp: minildm did not write it",
                 "a newer minildm": "was written by minildm 9.0.0 in file format 99; this is minildm"}
     for case, change in cases.items():
         run = tmp_path / case.replace(" ", "-")

@@ -16,6 +16,7 @@ from minildm.app.cli import build_parser
 from minildm.config import get_profile
 from minildm.evaluation.bench import saved_activation_bytes
 from minildm.nn import ResBlock, set_gradient_checkpointing
+from minildm.recipes import autoencoder_config
 from minildm.unet import UNet, UNetConfig
 
 from conftest import toy_pixels
@@ -131,7 +132,7 @@ def test_switching_needs_a_model_that_supports_it():
 
 def test_training_with_checkpointing_gives_the_same_run_folder(tmp_path, monkeypatch):
     profile = get_profile("tiny")
-    config = stage.autoencoder_config(profile, base_channels=8)
+    config = autoencoder_config(profile, base_channels=8)
     pixels = toy_pixels(16, seed=3)
     calls = []
 
@@ -142,9 +143,9 @@ def test_training_with_checkpointing_gives_the_same_run_folder(tmp_path, monkeyp
     monkeypatch.setattr(minildm_nn, "checkpoint", counted)
     weights = {}
     for enabled in (False, True):
+        training = stage.AutoencoderTraining(profile=profile, steps=3, progress=False, gradient_checkpointing=enabled)
         autoencoder = stage.train_autoencoder(tmp_path / f"checkpointing_{enabled}", pixels, config=config,
-                                              profile=profile, steps=3, progress=False,
-                                              gradient_checkpointing=enabled)
+                                              training=training)
         weights[enabled] = autoencoder.state_dict()
         assert bool(calls) == enabled  # the option reached the autoencoder, and only when given
     for name, value in weights[False].items():

@@ -4,8 +4,9 @@ import pytest
 import torch
 from einops import reduce
 
-from minildm.image_conditions import (MASK_SHAPES, bicubic_upsample, downsample, inpainting_condition,
-                                      mask_of_shape, paste, random_masks, superres_condition)
+from minildm.image_conditions import (MASK_SHAPES, bicubic_upsample, concat_conditioning, downsample,
+                                      extra_input_channels, inpainting_condition, mask_of_shape, paste,
+                                      random_masks, superres_condition)
 
 
 def test_each_mask_shape_covers_the_expected_area():
@@ -69,3 +70,22 @@ def test_paste_keeps_every_known_pixel():
     result = paste(generated, images, masks)
     known = masks.expand_as(images) == 0
     assert torch.equal(result[known], images[known]) and torch.equal(result[~known], generated[~known])
+
+
+def test_concat_conditioning_stacks_the_condition_after_the_latent_channels():
+    seen = []
+
+    def unet(x, t):  # a stand-in that records its input and returns its first 4 channels
+        seen.append((x, t))
+        return x[:, :4]
+
+    z_t, condition, t = torch.randn(2, 4, 8, 8), torch.randn(2, 5, 8, 8), torch.tensor([3, 700])
+    assert torch.equal(concat_conditioning(unet, condition)(z_t, t), z_t)
+    (x, seen_t), = seen
+    assert x.shape == (2, 9, 8, 8) and torch.equal(x[:, 4:], condition) and torch.equal(seen_t, t)
+
+
+def test_each_concat_kind_adds_its_channels_and_other_kinds_none():
+    assert extra_input_channels("inpaint", latent_channels=4) == 5  # the masked image's latent and the mask
+    assert extra_input_channels("superres", latent_channels=4) == 3  # the low-resolution RGB image
+    assert extra_input_channels("text", latent_channels=4) == 0 and extra_input_channels("none", 3) == 0

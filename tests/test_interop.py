@@ -13,7 +13,7 @@ import torch
 from minildm import checkpoint
 from minildm.app import cli
 from minildm.autoencoder import AutoencoderConfig, build_autoencoder, pixel_space_config
-from minildm.autoencoder_training import load_autoencoder, train_autoencoder
+from minildm.autoencoder_training import AutoencoderTraining, load_autoencoder, train_autoencoder
 from minildm.conditioning import ConditioningConfig
 from minildm.config import get_profile
 from minildm.data.images import uint8_to_float
@@ -24,11 +24,13 @@ from minildm.interop.diffusers_unet import check_unet_exportable, copy_unet_from
 from minildm.interop.export import ddim_scheduler_config, export_ldm
 from minildm.interop.import_ae import import_autoencoder
 from minildm.interop.layers import InteropError
-from minildm.ldm_training import load_ldm, train_ldm
-from minildm.sampling import ddim_sample, ddim_step, ddim_timesteps
+from minildm.ldm_training import LDMTraining, load_ldm, train_ldm
+from minildm.sampling import SamplerOptions, ddim_sample, ddim_step, ddim_timesteps
 from minildm.unet import UNet, UNetConfig
 
 from conftest import toy_pixels
+
+pytestmark = pytest.mark.integration  # trains models or runs whole commands: `make unit` leaves this file out
 
 TINY = get_profile("tiny")
 SEED = 3
@@ -53,13 +55,16 @@ def runs(tmp_path_factory, pixels):
     for reg in ("kl", "vq"):
         config = AutoencoderConfig(reg=reg, factor=4, base_channels=32, latent_channels=4 if reg == "kl" else 3,
                                    codebook_size=64)
-        train_autoencoder(root / f"ae-{reg}", pixels, config=config, profile=TINY, steps=1, progress=False)
-        train_ldm(root / reg, pixels, autoencoder_dir=root / f"ae-{reg}", profile=TINY, steps=1,
-                  data_description=DESCRIPTION, progress=False)
+        train_autoencoder(root / f"ae-{reg}", pixels, config=config,
+                          training=AutoencoderTraining(profile=TINY, steps=1, progress=False))
+        train_ldm(root / reg, pixels, autoencoder_dir=root / f"ae-{reg}",
+                  training=LDMTraining(profile=TINY, steps=1, data_description=DESCRIPTION, progress=False))
         randomise_unet(root / reg)
-    train_ldm(root / "class", pixels, autoencoder_dir=root / "ae-kl", profile=TINY, steps=1,
-              conditioning=ConditioningConfig("class", class_names=["a", "b"]),
-              conditions=torch.arange(len(pixels)) % 2, data_description=DESCRIPTION, progress=False)
+    classes = ConditioningConfig("class", class_names=["a", "b"])
+    class_training = LDMTraining(profile=TINY, steps=1, conditioning=classes, data_description=DESCRIPTION,
+                                 progress=False)
+    train_ldm(root / "class", pixels, autoencoder_dir=root / "ae-kl", training=class_training,
+              conditions=torch.arange(len(pixels)) % 2)
     torch.set_num_threads(threads)
     return root
 
@@ -171,7 +176,7 @@ def test_exported_pipeline_samples_what_minildm_samples(runs, reg, steps, tmp_pa
     pipeline, model = diffusers.DiffusionPipeline.from_pretrained(out), load_ldm(runs / reg)
     assert type(pipeline).__name__ == "LDMPipeline"
     assert type(pipeline.vqvae).__name__ == {"kl": "AutoencoderKL", "vq": "VQModel"}[reg]
-    assert pipeline.vqvae.config.scaling_factor == pytest.approx(model.scale)
+    assert pipeline.vqvae.config.scaling_factor == pytest.approx(model.scale_factor)
     decoded = []  # the pipeline's final latents, divided by the scale factor, on their way to the decoder
     decode = pipeline.vqvae.decode
     pipeline.vqvae.decode = lambda latents: decoded.append(latents) or decode(latents)
@@ -179,7 +184,7 @@ def test_exported_pipeline_samples_what_minildm_samples(runs, reg, steps, tmp_pa
     images = pipeline(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=steps,
                       output_type="np").images
     noise = torch.randn((2, *model.latent_shape(32)), generator=torch.Generator().manual_seed(0))
-    ours, trajectory = model.sample_trajectory(2, 32, noise=noise, steps=steps, spacing="leading")
+    ours, trajectory = model.sample_trajectory(2, 32, SamplerOptions(steps=steps, spacing="leading"), noise=noise)
     latents = trajectory.result
     torch.testing.assert_close(latents, ddim_sample(model.diffusion, model.denoiser(), noise, steps=steps,
                                                     spacing="leading"))
@@ -287,8 +292,9 @@ def test_an_imported_autoencoder_is_a_run_folder_train_ldm_takes(pixels, tmp_pat
     assert loaded.config.downsample_padding == "right_bottom"
     assert loaded.scale_factor == imported.scale_factor
     assert json.loads((tmp_path / "ae" / "config.json").read_text())["stage"] == "autoencoder"
-    model = train_ldm(tmp_path / "ldm", pixels, autoencoder_dir=tmp_path / "ae", profile=TINY, steps=2, progress=False)
-    assert torch.isfinite(model.sample(2, 32, steps=2)).all()
+    model = train_ldm(tmp_path / "ldm", pixels, autoencoder_dir=tmp_path / "ae",
+                      training=LDMTraining(profile=TINY, steps=2, progress=False))
+    assert torch.isfinite(model.sample(2, 32, SamplerOptions(steps=2))).all()
 
 
 @pytest.fixture

@@ -11,9 +11,13 @@ from minildm.data.images import float_to_uint8, uint8_to_float
 from minildm.evaluation.metrics import frechet_distance
 from minildm.evaluation.scores import FLOOR_LABEL, evaluate_ldm, heldout_loss, kid_difference, score_table
 from minildm.ldm import LatentDiffusion
-from minildm.ldm_training import ldm_config, load_ldm, mirrored_batches, train_ldm
+from minildm.ldm_training import LDMTraining, load_ldm, mirrored_batches, train_ldm
+from minildm.recipes import ldm_config
+from minildm.sampling import SamplerOptions
 
 from conftest import toy_pixels, train_tiny_autoencoder
+
+pytestmark = pytest.mark.integration  # trains models or runs whole commands: `make unit` leaves this file out
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +35,9 @@ def autoencoder_dir(tmp_path_factory, pixels):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, autoencoder_dir, pixels):
     run_dir = tmp_path_factory.mktemp("ldm")
-    model = train_ldm(run_dir, pixels, autoencoder_dir=autoencoder_dir, profile=get_profile("tiny"), progress=False,
-                      data_description={"dataset": "toyfaces", "resolution": 32})
+    training = LDMTraining(profile=get_profile("tiny"), progress=False,
+                           data_description={"dataset": "toyfaces", "resolution": 32})
+    model = train_ldm(run_dir, pixels, autoencoder_dir=autoencoder_dir, training=training)
     return run_dir, model
 
 
@@ -42,9 +47,10 @@ def test_run_folder_loads_back_to_the_same_sampler(trained):
                                                    "latents.safetensors", "figures"}
     loaded = load_ldm(run_dir)
     noise = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(loaded.sample(3, 32, steps=5, noise=noise), model.sample(3, 32, steps=5, noise=noise),
+    options = SamplerOptions(steps=5)
+    assert torch.allclose(loaded.sample(3, 32, options, noise=noise), model.sample(3, 32, options, noise=noise),
                           atol=1e-5)
-    assert loaded.scale == pytest.approx(model.scale) and model.scale != 1.0
+    assert loaded.scale_factor == pytest.approx(model.scale_factor) and model.scale_factor != 1.0
 
 
 def test_cached_latents_are_scaled_and_hold_the_mirror_images(trained, pixels):
@@ -59,21 +65,20 @@ def test_cached_latents_are_scaled_and_hold_the_mirror_images(trained, pixels):
 def test_samples_have_the_image_shape_and_range(trained):
     _, model = trained
     for sampler, steps in (("ddim", 4), ("ddpm", None)):
-        images, trajectory = model.sample_trajectory(2, 32, sampler=sampler, steps=steps or 1000,
-                                                     generator=torch.Generator().manual_seed(1))
+        options = SamplerOptions(sampler=sampler, steps=steps or 1000)
+        images, trajectory = model.sample_trajectory(2, 32, options, generator=torch.Generator().manual_seed(1))
         if sampler == "ddim":  # the trajectory's result is the sample (DDPM's 1000 steps once are enough)
-            assert torch.equal(images, model.sample(2, 32, sampler=sampler, steps=steps,
-                                                    generator=torch.Generator().manual_seed(1)))
+            assert torch.equal(images, model.sample(2, 32, options, generator=torch.Generator().manual_seed(1)))
         assert images.shape == (2, 3, 32, 32) and images.min() >= -1 and images.max() <= 1
         assert len(trajectory.states) == (steps or 1000) + 1 and trajectory.states[0].shape == (2, 4, 8, 8)
     with pytest.raises(ValueError, match="unknown sampler"):
-        model.sample(1, 32, sampler="euler")
+        SamplerOptions(sampler="euler")
 
 
 def test_ddim_with_eta_zero_gives_the_same_images_for_the_same_seed(trained):
     _, model = trained
-    first = model.sample(2, 32, steps=5, generator=torch.Generator().manual_seed(4))
-    second = model.sample(2, 32, steps=5, generator=torch.Generator().manual_seed(4))
+    first = model.sample(2, 32, SamplerOptions(steps=5), generator=torch.Generator().manual_seed(4))
+    second = model.sample(2, 32, SamplerOptions(steps=5), generator=torch.Generator().manual_seed(4))
     assert torch.equal(first, second)
 
 
@@ -98,7 +103,12 @@ def test_a_tiny_ldm_overfits_a_batch(autoencoder_dir, pixels):
 def test_training_without_the_scale_factor_uses_raw_latents(autoencoder_dir):
     autoencoder = autoencoder_training.load_autoencoder(autoencoder_dir)
     model = LatentDiffusion(ldm_config(get_profile("tiny"), autoencoder, use_scale_factor=False), autoencoder)
-    assert model.scale == 1.0 and autoencoder.scale_factor.item() != 1.0
+    assert model.scale_factor == 1.0 and autoencoder.scale_factor.item() != 1.0
+    autoencoder.scale_factor.fill_(float("nan"))  # as if never measured: raw latents need no factor
+    assert model.scale_factor == 1.0
+    scaled = LatentDiffusion(ldm_config(get_profile("tiny"), autoencoder), autoencoder)
+    with pytest.raises(MinildmError, match="latent scale factor was never measured"):
+        scaled.encode(torch.zeros(1, 3, 32, 32))
 
 
 def test_loading_refuses_other_folders_and_configurations(trained, autoencoder_dir, tmp_path):
@@ -132,7 +142,7 @@ def test_evaluation_reports_distances_and_counts(trained, pixels):
     assert results["n_samples"] == 12 and results["n_reference"] == 20 and results["fid"] >= 0
     assert {"kid", "kid_std", "sampler", "features", "sample_images_per_s"} <= set(results)
     # the extra distances are those of the same samples: colour means are 4x4 means averaged
-    samples = model.sample(12, 32, steps=3, generator=torch.Generator().manual_seed(0))
+    samples = model.sample(12, 32, SamplerOptions(steps=3), generator=torch.Generator().manual_seed(0))
     expected = frechet_distance(mean_colour(pixels[:20]), mean_colour(float_to_uint8(samples)))
     assert results["colour_fid"] == pytest.approx(expected, abs=1e-3) and results["colour_features"] == "mean colour"
 
@@ -195,15 +205,16 @@ def test_kid_difference_is_within_the_spread_only_when_the_stds_cover_it():
 
 
 def test_pixel_space_model_diffuses_the_images_themselves(tmp_path, pixels):
-    model = train_ldm(tmp_path, pixels[:16], autoencoder_dir=None, profile=get_profile("tiny"), steps=2, progress=False)
+    model = train_ldm(tmp_path, pixels[:16], autoencoder_dir=None,
+                      training=LDMTraining(profile=get_profile("tiny"), steps=2, progress=False))
     latents = checkpoint.load(tmp_path / "latents.safetensors")[0]["latents"]
     images = uint8_to_float(pixels[:16])
     assert torch.equal(latents, torch.cat([images, images.flip(-1)]))  # f = 1, scale 1: the latents are pixels
     assert model.latent_shape(32) == (3, 32, 32) and model.unet.config.in_channels == 3
     loaded = load_ldm(tmp_path)
     noise = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    samples = loaded.sample(2, 32, steps=3, noise=noise)
-    assert torch.allclose(samples, model.sample(2, 32, steps=3, noise=noise), atol=1e-5)
+    samples = loaded.sample(2, 32, SamplerOptions(steps=3), noise=noise)
+    assert torch.allclose(samples, model.sample(2, 32, SamplerOptions(steps=3), noise=noise), atol=1e-5)
     assert samples.shape == (2, 3, 32, 32) and samples.abs().max() <= 1
 
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from minildm.evaluation import metrics
+from minildm import perceptual
 from minildm.config import MinildmError
+from minildm.evaluation import metrics
 from minildm.evaluation.metrics import gaussian_window, psnr, ssim
 
 
@@ -112,7 +113,7 @@ def test_inception_features_are_the_standard_2048_d_pool_features():
 
 
 def test_missing_inception_weights_give_one_line(monkeypatch, tmp_path):
-    monkeypatch.setenv(metrics.INCEPTION_ENV, str(tmp_path / "none.pt"))
+    monkeypatch.setenv(perceptual.INCEPTION_ENV, str(tmp_path / "none.pt"))
     with pytest.raises(MinildmError, match="MINILDM_INCEPTION_WEIGHTS names .* which is not a file"):
         metrics.InceptionFeatures()
 

@@ -50,8 +50,11 @@ def test_ci_runs_the_readme_test_command():
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert test_command == "make check" and test_command in ci
     makefile = (ROOT / "Makefile").read_text()
-    assert "check: $(VENV)/.installed\n\tMINILDM_PROFILE=tiny $(BIN)/python -m pytest\n" in makefile  # everything
-    assert '-m pytest -m "not slow"' in makefile  # make test: all but the slow tests
+    fast = 'MINILDM_PROFILE=tiny $(BIN)/python -m pytest -m "not slow" $(PARALLEL)\n'
+    assert f"test: $(VENV)/.installed\n\t{fast}" in makefile  # make test: all but the slow tests
+    # make check: everything, the slow tests alone after the rest
+    assert f"check: $(VENV)/.installed\n\t{fast}\tMINILDM_PROFILE=tiny $(BIN)/python -m pytest -m slow\n" in makefile
+    assert "PARALLEL = -n 2 --dist loadfile\n" in makefile  # each notebook whole on one worker
 
 
 def test_profile_from_environment_and_argument(monkeypatch):
@@ -98,6 +101,7 @@ def test_package_imports_without_optional_heavy_modules():
     assert result.stdout.strip() == "False"
 
 
+@pytest.mark.integration
 def test_an_installed_package_runs_outside_the_repository_and_writes_nothing_into_it(tmp_path):
     """A non-editable install (a wheel of a copy of the sources, built offline) into a fresh
     virtual environment that borrows this environment's dependencies: ``--help`` and a tiny

@@ -21,6 +21,8 @@ import pytest
 from minildm.app import notebooks
 from minildm.config import checkout_root
 
+pytestmark = pytest.mark.integration  # trains models or runs whole commands: `make unit` leaves this file out
+
 ROOT = checkout_root()
 SUMMARY = re.compile(r"minildm \d+\.\d+\.\d+ \(torch [^)]+\); profile '\w+' on .+\n"
                      r"presets: data [0-9a-f]{8}, autoencoder [0-9a-f]{8}, ldm [0-9a-f]{8}, judge [0-9a-f]{8}$")

@@ -6,6 +6,7 @@ import signal
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from minildm import checkpoint as ckpt
@@ -111,6 +112,17 @@ def test_loading_weights_of_another_shape_names_the_tensor(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="is damaged"):
         ckpt.load(tmp_path / "bad.safetensors")
+
+
+def test_a_file_without_the_stamp_is_refused_in_one_line(tmp_path):
+    tensors = {"weight": torch.ones(2)}
+    save_file(tensors, str(tmp_path / "foreign.safetensors"), metadata={"step": "3"})
+    with pytest.raises(CheckpointError, match=r"foreign.safetensors has no written_by stamp: minildm did not "
+                                              r"write it$"):
+        ckpt.load(tmp_path / "foreign.safetensors")
+    ckpt.save_atomic(tensors, tmp_path / "ours.safetensors", {"step": 3})
+    loaded, metadata = ckpt.load(tmp_path / "ours.safetensors")
+    assert torch.equal(loaded["weight"], tensors["weight"]) and metadata == {"step": 3}
 
 
 def test_ema_follows_its_formula_and_is_exported(tmp_path):

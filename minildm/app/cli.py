@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 
 from minildm import checkpoint as ckpt
-from minildm import data, distributed, losses
-from minildm.autoencoder_training import autoencoder_config, load_autoencoder, train_autoencoder
-from minildm.conditioning import KINDS, TOKEN_KINDS, condition_tensor, conditioning_config, requested_condition
+from minildm import data, distributed, perceptual
+from minildm.autoencoder_training import AutoencoderTraining, load_autoencoder, train_autoencoder
+from minildm.conditioning import KINDS, TOKEN_KINDS
 from minildm.config import MinildmError, Profile, get_profile
 from minildm.app.course_commands import add_course
 from minildm.data.images import UNREADABLE_ERRORS, read_image
@@ -30,15 +30,19 @@ from minildm.evaluation import bench, scores
 from minildm.evaluation.judge import ToyFaceFeatures, load_judge
 from minildm.image_conditions import mask_from_image
 from minildm.app.interop_commands import add_export, add_import_ae
-from minildm.ldm import DEFAULT_GUIDANCE, SAMPLERS, LatentDiffusion
-from minildm.ldm_training import load_ldm, train_ldm
+from minildm.ldm import DEFAULT_GUIDANCE, LatentDiffusion
+from minildm.ldm_training import LDMTraining, load_ldm, train_ldm
 from minildm.app.options import (Parser, command, data_options, guidance_scale, integer_list, load_data,
                              load_training_data, non_negative_integer, output_folder, png_file,
-                             positive_integer, unit_interval)
+                             positive_integer, requested_condition, unit_interval)
+from minildm.recipes import autoencoder_config, condition_tensor, conditioning_config
+from minildm.sampling import SamplerOptions
 from minildm.unet import forward_flops, parameter_count
 from minildm.viz import save_grid
 
 
+DESCRIPTION = ("minildm: latent diffusion (Rombach et al. 2022), taught from scratch. In order: data, train-ae "
+               "(stage 1), train-ldm (stage 2), then sample and evaluate; demo runs them all on toy faces.")
 ACCUMULATE_HELP = ("micro-batches per step, their gradients summed (default 1; the learning rate is not scaled). "
                    "Under torchrun, N processes are the same run as --accumulate N")
 CHECKPOINTING_HELP = ("recompute each block's activations in the backward pass instead of keeping them: "
@@ -83,7 +87,7 @@ def only_rank_zero_prints(world: distributed.World):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="minildm", description=__doc__.splitlines()[0])
+    parser = Parser(prog="minildm", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_command in (add_data, add_train_ae, add_train_ldm, add_sample, add_evaluate, add_bench, add_demo,
                         add_course, add_export, add_import_ae):
@@ -158,10 +162,10 @@ def run_train_ae(args: argparse.Namespace, profile: Profile) -> None:
     description = {"dataset": args.dataset, "resolution": train.resolution,
                    "start": args.start, "n": len(train), "split": args.split, "seed": args.seed}
     started = time.perf_counter()
-    autoencoder = train_autoencoder(args.out, train.pixels, config=config, profile=profile, steps=args.steps,
-                                    seed=args.seed, perceptual=losses.perceptual_for(profile),
-                                    data_description=description, accumulate=args.accumulate,
-                                    gradient_checkpointing=args.gradient_checkpointing)
+    training = AutoencoderTraining(profile=profile, steps=args.steps, seed=args.seed,
+                                   perceptual=perceptual.perceptual_for(profile), data_description=description,
+                                   accumulate=args.accumulate, gradient_checkpointing=args.gradient_checkpointing)
+    autoencoder = train_autoencoder(args.out, train.pixels, config=config, training=training)
     minutes = (time.perf_counter() - started) / 60
     print(f"trained in {minutes:.1f} min; latent {autoencoder.latent_shape(train.resolution)}, "
           f"scale factor {autoencoder.scale_factor.item():.4f}; run folder {args.out}")
@@ -197,10 +201,10 @@ def run_train_ldm(args: argparse.Namespace, profile: Profile) -> None:
         if args.cond in TOKEN_KINDS:
             conditions = condition_tensor(conditioning, train)
     started = time.perf_counter()
-    model = train_ldm(args.out, train.pixels, autoencoder_dir=args.ae, profile=profile, steps=args.steps,
-                      seed=args.seed, conditioning=conditioning, conditions=conditions,
-                      data_description={**seen, "n": len(train)}, accumulate=args.accumulate,
-                      gradient_checkpointing=args.gradient_checkpointing)
+    training = LDMTraining(profile=profile, steps=args.steps, seed=args.seed, conditioning=conditioning,
+                           data_description={**seen, "n": len(train)}, accumulate=args.accumulate,
+                           gradient_checkpointing=args.gradient_checkpointing)
+    model = train_ldm(args.out, train.pixels, autoencoder_dir=args.ae, training=training, conditions=conditions)
     minutes = (time.perf_counter() - started) / 60
     latent_shape = model.latent_shape(train.resolution)
     print(f"trained in {minutes:.1f} min; UNet {parameter_count(model.unet) / 1e6:.2f} M parameters, "
@@ -210,7 +214,7 @@ def run_train_ldm(args: argparse.Namespace, profile: Profile) -> None:
 
 # sample
 def add_sample(commands) -> None:
-    from minildm.sampling import SPACINGS  # here: only this command's options use it
+    from minildm.sampling import SAMPLERS, SPACINGS  # here: only this command's options use them
 
     parser = command(commands, "sample", "draw images from a trained model into a PNG grid", run_sample)
     parser.add_argument("--ldm", type=Path, required=True, help="a latent diffusion run folder")
@@ -250,6 +254,7 @@ def run_sample(args: argparse.Namespace, profile: Profile) -> None:
 def _draw(args: argparse.Namespace, model: LatentDiffusion, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
     """What ``sample`` asks of the model: (the input to show first in the grid, the samples)."""
     generator = torch.Generator().manual_seed(args.seed)
+    options = SamplerOptions(sampler=args.sampler, steps=args.steps, eta=args.eta, spacing=args.spacing, progress=True)
     n = args.n
     if model.kind == "inpaint":
         image = _read_image(args.inpaint, "--inpaint", resolution)
@@ -257,20 +262,17 @@ def _draw(args: argparse.Namespace, model: LatentDiffusion, resolution: int) -> 
         _check_same_size(args.inpaint, args.mask)
         if mask.sum() == 0:
             raise MinildmError(f"the mask {args.mask} is black everywhere: paint white where to generate")
-        filled = model.inpaint(image.expand(n, -1, -1, -1), mask.expand(n, -1, -1, -1), steps=args.steps,
-                               generator=generator, spacing=args.spacing)
+        filled = model.inpaint(image.expand(n, -1, -1, -1), mask.expand(n, -1, -1, -1), options, generator=generator)
         return image * (1 - mask), filled  # first: what the model sees
     if model.kind == "superres":
         factor = model.config.conditioning.superres_factor
         low = _read_image(args.upscale, "--upscale", resolution // factor)
         shown = torch.nn.functional.interpolate(low, scale_factor=factor, mode="nearest")
-        return shown, model.upscale(low.expand(n, -1, -1, -1), steps=args.steps, generator=generator,
-                                    spacing=args.spacing)
+        return shown, model.upscale(low.expand(n, -1, -1, -1), options, generator=generator)
     condition = _token_condition(args, model)
     if condition is not None:
         condition = condition.expand(n, *condition.shape[1:])  # the same for every sample
-    images = model.sample(n, resolution, sampler=args.sampler, steps=args.steps, eta=args.eta, generator=generator,
-                          progress=True, condition=condition, guidance=args.guidance, spacing=args.spacing)
+    images = model.sample(n, resolution, options, condition=condition, guidance=args.guidance, generator=generator)
     return torch.empty(0, 3, resolution, resolution), images
 
 

@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 
 from minildm import data
-from minildm.autoencoder_training import autoencoder_config, train_autoencoder
+from minildm.autoencoder_training import AutoencoderTraining, train_autoencoder
 from minildm.config import MinildmError, Profile
 from minildm.evaluation.scores import evaluate_autoencoder, evaluate_ldm
-from minildm.ldm_training import train_ldm
+from minildm.ldm_training import LDMTraining, train_ldm
+from minildm.recipes import autoencoder_config
 from minildm.viz import save_grid
 
 
@@ -35,14 +36,14 @@ def run_demo(out: Path, profile: Profile, seed: int = 0) -> dict:
 
     print("stage 1: the autoencoder (L1 and KL only, no perceptual loss, to stay fast)")
     autoencoder = train_autoencoder(out / "autoencoder", train.pixels, config=autoencoder_config(profile),
-                                    profile=profile, steps=profile.demo_autoencoder_steps, seed=seed,
-                                    data_description=description)
+                                    training=AutoencoderTraining(profile=profile, steps=profile.demo_autoencoder_steps,
+                                                                 seed=seed, data_description=description))
     metrics = {"autoencoder": evaluate_autoencoder(autoencoder, held_out.pixels)}
     print(f"autoencoder: {metrics['autoencoder']['psnr']:.1f} dB PSNR on {len(held_out)} held-out faces")
 
     print("stage 2: the latent diffusion model")
-    model = train_ldm(out / "ldm", train.pixels, autoencoder_dir=out / "autoencoder", profile=profile, seed=seed,
-                      data_description=description)
+    model = train_ldm(out / "ldm", train.pixels, autoencoder_dir=out / "autoencoder",
+                      training=LDMTraining(profile=profile, seed=seed, data_description=description))
 
     generator = torch.Generator().manual_seed(seed)
     grid = save_grid(model.sample(64, profile.resolution, generator=generator), out / "samples.png", scale=2)

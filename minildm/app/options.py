@@ -1,5 +1,5 @@
 """Pieces every command line module shares: registering a command with the common options
-(``--profile``, ``--seed``), the data options, and argument types.
+(``--profile``, ``--seed``), the data options, argument types, and a condition asked for in words.
 
 :mod:`minildm.app.cli` holds the commands of the two stages; :mod:`minildm.app.course_commands` and
 :mod:`minildm.app.interop_commands` hold the course kit's and the model exchange's.
@@ -12,7 +12,11 @@ import math
 import tempfile
 from pathlib import Path
 
+import torch
+from torch import Tensor
+
 from minildm import data
+from minildm.conditioning import ConditioningConfig, WordTokenizer
 from minildm.config import PROFILES, MinildmError, Profile
 from minildm.data.faces import default_dataset
 
@@ -142,3 +146,24 @@ def load_training_data(args: argparse.Namespace, profile: Profile) -> data.Image
     print(f"{args.dataset} has {len(train)} usable images, fewer than the profile's {profile.n_images}: "
           f"training on the first {args.n}, holding out the last {held_out} for evaluate (--n sets the split)")
     return load_data(args, profile)
+
+
+def requested_condition(config: ConditioningConfig, request: str) -> Tensor:
+    """The condition (1, ...) that a person asks for in words: a caption (text), a class name
+    (class) or comma-separated attribute names, the others absent (attributes)."""
+    if not request.strip():
+        raise MinildmError("empty request: name what to draw, or leave the option out for unconditional samples")
+    if config.kind == "text":
+        return WordTokenizer(config.vocabulary).encode([request], config.max_length)
+    if config.kind == "class":
+        if request not in config.class_names:
+            raise MinildmError(f"unknown class {request!r}; this model knows: {', '.join(config.class_names)}")
+        return torch.tensor([config.class_names.index(request)])
+    if config.kind != "attributes":
+        raise ValueError(f"a {config.kind!r} model is not conditioned on words")
+    known = config.attribute_names
+    wanted = [name.strip() for name in request.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        raise MinildmError(f"unknown attribute(s) {', '.join(unknown)}; this model knows: {', '.join(known)}")
+    return torch.tensor([[name in wanted for name in known]])

@@ -6,7 +6,7 @@ pixels (f = 1, "LDM-1"), because every layer works on f^2 times fewer positions 
 attention layers on f^4 times fewer pairs. This module measures that on the current device:
 
 - training: one AdamW step of the diffusion loss (LDM eq. 2) on a batch of latents, as
-  :func:`minildm.ldm.train_ldm` does it (latents are encoded once and cached, so the
+  :func:`minildm.ldm_training.train_ldm` does it (latents are encoded once and cached, so the
   autoencoder is not part of a step; its one-off cost is the ``encode`` column);
 - sampling: ``steps`` UNet evaluations (DDIM) plus one decoder pass per batch;
 - memory: on CUDA the peak allocated during a training step; on CPU an estimate of the same,
@@ -37,9 +37,9 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from minildm.autoencoder import PixelSpace, build_autoencoder
-from minildm.autoencoder_training import autoencoder_config
 from minildm.config import MinildmError, Profile
 from minildm.diffusion import Diffusion
+from minildm.recipes import autoencoder_config
 from minildm.unet import UNet, UNetConfig, parameter_count
 
 MODEL_NAMES = {1: "pixel DM (f=1)", 4: "LDM-4", 8: "LDM-8"}

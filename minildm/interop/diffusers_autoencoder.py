@@ -156,7 +156,7 @@ def encoder_downsample_padding(theirs: nn.Module) -> str:
 def autoencoder_from_diffusers(theirs: nn.Module) -> Autoencoder:
     """A minildm KL autoencoder computing what the diffusers ``AutoencoderKL`` ``theirs``
     computes: the same reconstructions and log-variances, the posterior mean moved by a constant
-    vector when there is a ``post_quant_conv`` (see the module's docstring). Scale factor 1."""
+    vector when there is a ``post_quant_conv`` (see the module's docstring). Scale factor not measured."""
     if type(theirs).__name__ != "AutoencoderKL":
         raise InteropError(f"a {type(theirs).__name__} is not imported; only AutoencoderKL is")
     config = autoencoder_config_from_diffusers(theirs.config)

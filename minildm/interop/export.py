@@ -53,11 +53,12 @@ def ddim_scheduler_config(diffusion: DiffusionConfig) -> dict:
       no fixed range).
     - ``timestep_spacing="leading"``, ``steps_offset=0``: time steps (n-1) T//n, ..., T//n, 0,
       minildm's :func:`~minildm.sampling.ddim_timesteps` with ``spacing="leading"``.
-      ``DDIMScheduler.step`` always jumps from t to t - T // n, not to the next time step of its
-      list (diffusers issue #12633): only on this grid is that jump the next time step, so only
-      here do the two chains agree at every step count n. minildm's default ``linspace`` grid
-      (from T-1, gaps (T-1)/(n-1) rounded) agrees with diffusers' jump only at n = T; sample
-      with ``spacing="leading"`` (``minildm sample --spacing leading``) to compare.
+      ``DDIMScheduler.step`` does not read the next time step from its list, it always jumps
+      from t to t - T // n (diffusers issue #12633): only on this grid is that jump the next
+      time step, so only here do the two chains agree at every step count n. On minildm's
+      default ``linspace`` grid (from T-1, gaps (T-1)/(n-1) rounded) the next time step is up
+      to one training step away from where diffusers lands, and the chains agree only at
+      n = T; sample with ``spacing="leading"`` (``minildm sample --spacing leading``) to compare.
     - ``set_alpha_to_one=True``: the last step, from t = 0, lands on abar = 1, the clean
       latent, as minildm's last step does.
     """
@@ -86,7 +87,7 @@ def ldm_pipeline(model: LatentDiffusion, resolution: int):
     if latent_side % model.unet.downsampling:
         raise InteropError(f"latents of {latent_side} px at {resolution} px do not suit the UNet, which halves "
                            f"them {model.unet.downsampling.bit_length() - 1} times")
-    vqvae = autoencoder_to_diffusers(model.autoencoder, scaling_factor=model.scale, sample_size=resolution)
+    vqvae = autoencoder_to_diffusers(model.autoencoder, scaling_factor=model.scale_factor, sample_size=resolution)
     unet = unet_to_diffusers(model.unet, sample_size=latent_side)
     scheduler = diffusers.DDIMScheduler(**ddim_scheduler_config(model.config.diffusion))
     return diffusers.LDMPipeline(vqvae=vqvae, unet=unet, scheduler=scheduler)

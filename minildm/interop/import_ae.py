@@ -3,8 +3,9 @@
 The run folder is the one :func:`minildm.autoencoder_training.train_autoencoder` writes, so
 ``load_autoencoder``, ``evaluate --ae`` and ``train-ldm --ae`` take it as they take a trained one:
 ``config.json`` (the :class:`~minildm.autoencoder.AutoencoderConfig`, the loss minildm would
-train it with, no learning rate, and the images below as ``data``) and ``weights.safetensors``
-(the weights under ``autoencoder.``; its metadata names where they came from).
+train it with, no learning rate, perceptual network or start, and the images below as ``data``)
+and ``weights.safetensors`` (the weights under ``autoencoder.``; its metadata names where they
+came from).
 
 The latent scale factor is measured, not copied: 1 / std of the latents of the training images,
 as minildm measures its own (:func:`minildm.autoencoder.measure_scale_factor`; LDM Sec. 4.3.2).
@@ -89,7 +90,7 @@ def write_autoencoder_run(autoencoder: Autoencoder, out_dir: str | Path, pixels:
     autoencoder.scale_factor.fill_(measure_scale_factor(autoencoder, images))
     run_config = {"stage": "autoencoder", "autoencoder": config.to_dict(),
                   "loss": LossConfig.from_autoencoder(config).to_dict(),  # what minildm would train it with
-                  "learning_rate": None, "data": data_description or {}}
+                  "learning_rate": None, "data": data_description or {}, "perceptual": None, "start_from": None}
     ckpt.write_run_config(out_dir, run_config)
     ckpt.save_atomic(ckpt.with_prefix("autoencoder", autoencoder.state_dict()), out_dir / "weights.safetensors",
                      {"step": 0, "imported_from": source})

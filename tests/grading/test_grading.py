@@ -14,6 +14,7 @@ from minildm.autoencoder import measure_scale_factor
 from minildm.conditioning import AttributeEncoder
 from minildm.diffusion import Diffusion, make_betas
 from minildm.evaluation.metrics import frechet_distance, kernel_distance
+from minildm.guidance import classifier_free_guidance
 from minildm.image_conditions import inpainting_condition
 from minildm.losses import adaptive_weight, hinge_d_loss
 from minildm.regularizers import DiagonalGaussian, VectorQuantizer
@@ -215,25 +216,14 @@ def test_ex07_1_attention_weights():
 
 
 def test_ex07_2_guidance_extrapolates():
-    from minildm.autoencoder import build_autoencoder, AutoencoderConfig
-    from minildm.conditioning import ConditioningConfig
-    from minildm.config import get_profile
-    from minildm.ldm import LatentDiffusion
-    from minildm.ldm_training import ldm_config
-
-    torch.manual_seed(0)
-    autoencoder = build_autoencoder(AutoencoderConfig(base_channels=8, attention=False))
-    conditioning = ConditioningConfig("attributes", channels=16, attribute_names=["A", "B"])
-    model = LatentDiffusion(ldm_config(get_profile("tiny"), autoencoder, conditioning=conditioning), autoencoder)
-    for parameter in model.unet.parameters():
-        parameter.data.normal_(0, 0.1)
-    z_t, t, wanted = torch.randn(2, 4, 8, 8), torch.tensor([100, 900]), torch.tensor([[True, False], [False, True]])
-    with torch.no_grad():
-        conditional = model.denoiser(wanted)(z_t, t)
-        unconditional = model.denoiser(None, batch_size=2)(z_t, t)
-        guided = model.denoiser(wanted, guidance=3.0)(z_t, t)
-    assert close(guided, unconditional + 3.0 * (conditional - unconditional), 1e-3), \
+    generator = torch.Generator().manual_seed(0)
+    conditional, unconditional = torch.randn(2, 2, 4, 8, 8, generator=generator)
+    guided = classifier_free_guidance(conditional, unconditional, 3.0)
+    assert guided.shape == (2, 4, 8, 8), f"guidance: output of shape {tuple(guided.shape)}, expected the inputs' shape"
+    assert close(guided, unconditional + 3.0 * (conditional - unconditional)), \
         "guidance: expected out(null) + s * (out(y) - out(null))"
+    assert close(classifier_free_guidance(conditional, unconditional, 1.0), conditional), \
+        "guidance: scale 1 should give the conditional output itself"
 
 
 def test_ex07_3_dropped_conditions_become_the_null_sequence():
