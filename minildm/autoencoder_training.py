@@ -60,7 +60,7 @@ class AutoencoderTraining:
     gradient_checkpointing: bool = False
     start_from: str | Path | None = None
     disc_start: int | None = None
-    kl_weight: float = 1e-6
+    kl_weight: float = losses.LossConfig.kl_weight  # one default, the objective's
 
 
 def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, *, config: AutoencoderConfig,

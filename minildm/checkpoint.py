@@ -60,6 +60,23 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
+@contextmanager
+def exclusive(path: str | Path) -> Iterator[None]:
+    """Hold a lock on ``path`` (a file ``.NAME.lock`` beside it) for the block, so that two
+    processes that would both make ``path`` (two notebooks, two test workers) make it once: the
+    second waits, then finds it made. Where the system has no ``fcntl`` (Windows) it does nothing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, or the process dies
+        yield
+
+
 def stamped_metadata(metadata: dict | None) -> dict[str, str]:
     """Metadata as a safetensors header holds it, one JSON text per key, with the ``written_by``
     stamp that :func:`load` checks."""

@@ -48,18 +48,27 @@ def test_help_opens_with_plain_words_and_lists_the_commands_in_order(capsys):
     assert listed[:5] == ["data", "train-ae", "train-ldm", "sample", "evaluate"]
 
 
+def test_bad_input_in_a_new_process_gives_one_line_and_status_1(tmp_path):
+    """What a shell sees: exit status 1 and one line on stderr, no traceback (the hub refused
+    at once through an address nothing listens on)."""
+    result = run_minildm("data", "--dataset", "celeba-hq", "--n", "8", tmp_path=tmp_path, HF_ENDPOINT="http://127.0.0.1:9")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("minildm: error: cannot reach the Hugging Face hub")
+    assert "Traceback" not in result.stderr + result.stdout
+
+
 @pytest.mark.parametrize("args, message", [
     (["data", "--dataset", "no/such/folder"], "minildm: error: no such file or folder: no/such/folder"),
-    (["data", "--dataset", "celeba-hq", "--n", "8"], "minildm: error: cannot reach the Hugging Face hub"),
     (["data", "--resolution", "2"], "minildm: error: resolution must be a whole number of pixels"),
     (["bench", "--profile", "tiny", "--resolutions", "32,36"], "minildm: error: resolution 36 does not suit f = 4"),
 ])
-def test_bad_input_gives_one_line_and_status_1(tmp_path, args, message):
-    result = run_minildm(*args, tmp_path=tmp_path, HF_ENDPOINT="http://127.0.0.1:9")
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
-    assert result.stderr.startswith(message)
-    assert "Traceback" not in result.stderr + result.stdout
+def test_bad_input_gives_one_line_and_status_1(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.setenv("MINILDM_DATA_DIR", str(tmp_path / "data"))
+    assert main(args) == 1  # in-process: the same main() as python -m minildm, without the start-up
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [captured.err.strip()] and captured.err.startswith(message)
+    assert "Traceback" not in captured.err + captured.out
 
 
 def test_bench_prints_the_table_and_keeps_it_with_a_plot(tmp_path):
@@ -75,9 +84,10 @@ def test_bench_prints_the_table_and_keeps_it_with_a_plot(tmp_path):
     assert Image.open(out / "bench.png").size[0] > 0
 
 
-def test_unknown_profile_is_refused_by_the_parser(tmp_path):
-    result = run_minildm("data", "--profile", "huge", tmp_path=tmp_path)
-    assert result.returncode == 2 and "invalid choice: 'huge'" in result.stderr
+def test_unknown_profile_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data", "--profile", "huge"])
+    assert exit_info.value.code == 2 and "invalid choice: 'huge'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -93,26 +103,26 @@ def test_demo_trains_both_stages_and_writes_samples_and_metrics(tmp_path):
     assert {"config.json", "weights.safetensors"} <= {p.name for p in (out / "ldm").iterdir()}
 
 
-def test_train_ldm_sample_and_evaluate_from_the_command_line(tmp_path, capsys):
+def test_train_ldm_sample_and_evaluate_from_the_command_line(tmp_path, capsys, monkeypatch):
+    """The stages one after another: train-ae in a new process, as a shell runs it, then the
+    others in-process (the same main(), without a torch start-up each)."""
     ae, ldm = tmp_path / "ae", tmp_path / "ldm"
     common = ("--profile", "tiny")
     result = run_minildm("train-ae", *common, "--n", "48", "--steps", "4", "--out", str(ae), tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr
-    result = run_minildm("train-ldm", *common, "--ae", str(ae), "--steps", "3", "--out", str(ldm), tmp_path=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "trained in" in result.stdout and "MFLOPs per forward pass on latents (4, 8, 8)" in result.stdout
+    monkeypatch.setenv("MINILDM_DATA_DIR", str(tmp_path / "data"))
+    assert main(["train-ldm", *common, "--ae", str(ae), "--steps", "3", "--out", str(ldm)]) == 0
+    out = capsys.readouterr().out
+    assert "trained in" in out and "MFLOPs per forward pass on latents (4, 8, 8)" in out
 
     grid = tmp_path / "samples.png"
-    result = run_minildm("sample", *common, "--ldm", str(ldm), "--n", "3", "--steps", "2", "--out", str(grid),
-                         tmp_path=tmp_path)
-    assert result.returncode == 0, result.stderr
+    assert main(["sample", *common, "--ldm", str(ldm), "--n", "3", "--steps", "2", "--out", str(grid)]) == 0
     assert Image.open(grid).size == (2 * 8 * 34, 2 * 34)  # one row of 8 tiles, 3 filled
 
-    # the usual data folder, where the toy-face judge is cached once for every test
-    result = run_minildm("evaluate", *common, "--ldm", str(ldm), "--n", "8", tmp_path=tmp_path,
-                         timeout=300, MINILDM_DATA_DIR=str(data_dir()))
-    assert result.returncode == 0, result.stderr
-    metrics = json.loads(result.stdout)
+    monkeypatch.setenv("MINILDM_DATA_DIR", str(data_dir()))  # the usual data folder, where the judge is cached
+    capsys.readouterr()
+    assert main(["evaluate", *common, "--ldm", str(ldm), "--n", "8"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
     assert metrics["n_samples"] == 8 and "held-out images of toyfaces" in metrics["data"]
     assert metrics["fid"] > 0 and metrics["toyface_fid"] > 0 and metrics["toyface_kid_std"] >= 0
     assert metrics["n_floor"] == 8 and metrics["fid_floor"] >= 0 and metrics["toyface_kid_floor"] is not None

@@ -3,6 +3,7 @@
 import math
 import os
 import signal
+import threading
 
 import pytest
 import torch
@@ -112,6 +113,24 @@ def test_loading_weights_of_another_shape_names_the_tensor(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="is damaged"):
         ckpt.load(tmp_path / "bad.safetensors")
+
+
+def test_exclusive_lets_one_process_make_a_file_while_the_other_waits(tmp_path):
+    path = tmp_path / "judge.safetensors"
+    events = []
+
+    def second():
+        with ckpt.exclusive(path):
+            events.append("second holds it")
+
+    with ckpt.exclusive(path):
+        waiting = threading.Thread(target=second)  # its own open file: the lock keeps it out
+        waiting.start()
+        waiting.join(timeout=0.5)
+        events.append("first lets go")
+    waiting.join(timeout=10)
+    assert events == ["first lets go", "second holds it"]
+    assert (tmp_path / ".judge.safetensors.lock").exists() and not path.exists()
 
 
 def test_a_file_without_the_stamp_is_refused_in_one_line(tmp_path):

@@ -305,9 +305,10 @@ def load_judge(cache_dir: str | Path | None = None, progress: bool = True) -> To
     """
     path = Path(cache_dir if cache_dir is not None else data_dir() / "judge") / JUDGE_FILE
     settings = dict(JUDGE_SETTINGS)
-    judge = _cached_judge(path, settings)
-    if judge is None:
-        judge = _train_judge(settings, progress)
-        ckpt.save_atomic(judge.classifier.state_dict(), path,
-                               {"settings": settings, "heldout_accuracy": judge.heldout_accuracy})
+    with ckpt.exclusive(path):  # two processes that both need it train it once
+        judge = _cached_judge(path, settings)
+        if judge is None:
+            judge = _train_judge(settings, progress)
+            ckpt.save_atomic(judge.classifier.state_dict(), path,
+                             {"settings": settings, "heldout_accuracy": judge.heldout_accuracy})
     return judge
