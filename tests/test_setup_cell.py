@@ -112,6 +112,7 @@ def test_in_a_checkout_it_installs_the_checkout_and_keeps_torch(kernel, tmp_path
     checkout = copy_checkout(tmp_path / "checkout")
     result = run_cell(kernel, checkout / "notebooks")
     assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("installing minildm from checkout/ with pip")  # said before the wait
     assert SUMMARY.fullmatch("\n".join(result.stdout.splitlines()[-2:]))
     minildm_file, torch_file = imports_minildm(kernel).splitlines()
     assert Path(minildm_file).is_relative_to(checkout)  # editable: the checkout itself

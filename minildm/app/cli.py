@@ -43,7 +43,7 @@ from minildm.viz import save_grid
 
 DESCRIPTION = ("minildm: latent diffusion (Rombach et al. 2022), taught from scratch. In order: data, train-ae "
                "(stage 1), train-ldm (stage 2), then sample and evaluate; demo runs them all on toy faces.")
-ACCUMULATE_HELP = ("micro-batches per step, their gradients summed (default 1; the learning rate is not scaled). "
+ACCUMULATE_HELP = ("micro-batches per step, their gradients averaged (default 1; the learning rate is not scaled). "
                    "Under torchrun, N processes are the same run as --accumulate N")
 CHECKPOINTING_HELP = ("recompute each block's activations in the backward pass instead of keeping them: "
                       "less memory, 1.15 to 1.8 times the time per step (README)")
