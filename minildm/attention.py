@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from minildm.nn import normalization, zero_module
+from minildm.nn import norm_groups, normalization, zero_module
 
 
 class Attention(nn.Module):
@@ -118,12 +118,14 @@ class SpatialTransformer(nn.Module):
 
     GroupNorm, a 1x1 projection, one token per pixel, ``depth`` transformer blocks, back to
     a map, a 1x1 projection that starts at zero (so the block starts as the identity), plus
-    the input.
+    the input. ``groups``: those of the GroupNorm, the UNet's :func:`~minildm.nn.norm_groups`;
+    None (a block on its own) takes ``norm_groups(channels)``.
     """
 
-    def __init__(self, channels: int, context_channels: int, head_channels: int = 32, depth: int = 1):
+    def __init__(self, channels: int, context_channels: int, head_channels: int = 32, depth: int = 1, *,
+                 groups: int | None = None):
         super().__init__()
-        self.norm = normalization(channels)
+        self.norm = normalization(channels, groups or norm_groups(channels))
         self.project_in = nn.Conv2d(channels, channels, 1)
         self.blocks = nn.ModuleList(TransformerBlock(channels, context_channels, head_channels)
                                     for _ in range(depth))

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from minildm.config import SavedConfig
 from minildm.nn import (DOWNSAMPLE_PADDINGS, Downsample, ResBlock, SelfAttention2d, Upsample, checkpointed,
-                        normalization)
+                        norm_groups, normalization)
 from minildm.regularizers import DiagonalGaussian, VectorQuantizer
 
 # Channel multiplier per resolution level; one downsampling between consecutive levels.
@@ -50,7 +50,9 @@ class AutoencoderConfig(SavedConfig):
         reg: ``"kl"`` (Gaussian latent, KL penalty), ``"vq"`` (vector-quantised latent) or
             ``"pixel"`` (no autoencoder: :class:`PixelSpace`, see :func:`pixel_space_config`).
         factor: downsampling factor f: 4, 8 or 16 (log2(f) downsamplings).
-        base_channels: channels at full resolution; deeper levels use multiples of it.
+        base_channels: channels at full resolution; deeper levels use multiples of it. Every
+            GroupNorm of encoder and decoder has gcd(32, base_channels) groups
+            (:func:`minildm.nn.norm_groups` of the widths).
         res_blocks: ResBlocks per level in the encoder (the decoder has one more, as in LDM).
         latent_channels: channels c of the latent.
         attention: self-attention in the middle blocks of encoder and decoder.
@@ -103,6 +105,11 @@ class AutoencoderConfig(SavedConfig):
         return CHANNEL_MULTIPLIERS[self.factor // self.patch_size]
 
     @property
+    def widths(self) -> tuple[int, ...]:
+        """Channels of each level: base_channels times its multiplier."""
+        return tuple(self.base_channels * m for m in self.channel_multipliers)
+
+    @property
     def folded_channels(self) -> int:
         """Channels of the image after space-to-depth: image_channels * patch_size^2."""
         return self.image_channels * self.patch_size**2
@@ -119,19 +126,20 @@ class Encoder(nn.Module):
         super().__init__()
         self.patch_size = config.patch_size
         self.gradient_checkpointing = False
-        widths = [config.base_channels * m for m in config.channel_multipliers]
+        widths = config.widths
+        groups = norm_groups(*widths)
         self.conv_in = nn.Conv2d(config.folded_channels, widths[0], 3, padding=1)
         layers: list[nn.Module] = []
         channels = widths[0]
         for level, width in enumerate(widths):
             for _ in range(config.res_blocks):
-                layers.append(ResBlock(channels, width))
+                layers.append(ResBlock(channels, width, groups=groups))
                 channels = width
             if level < len(widths) - 1:
                 layers.append(Downsample(channels, config.downsample_padding))
         self.down = nn.Sequential(*layers)
-        self.mid = middle_block(channels, config.attention)
-        self.norm_out = normalization(channels)
+        self.mid = middle_block(channels, config.attention, groups)
+        self.norm_out = normalization(channels, groups)
         self.conv_out = nn.Conv2d(channels, out_channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -154,19 +162,20 @@ class Decoder(nn.Module):
         super().__init__()
         self.patch_size = config.patch_size
         self.gradient_checkpointing = False
-        widths = [config.base_channels * m for m in config.channel_multipliers]
+        widths = config.widths
+        groups = norm_groups(*widths)
         channels = widths[-1]
         self.conv_in = nn.Conv2d(config.latent_channels, channels, 3, padding=1)
-        self.mid = middle_block(channels, config.attention)
+        self.mid = middle_block(channels, config.attention, groups)
         layers: list[nn.Module] = []
         for level in reversed(range(len(widths))):
             for _ in range(config.res_blocks + 1):
-                layers.append(ResBlock(channels, widths[level]))
+                layers.append(ResBlock(channels, widths[level], groups=groups))
                 channels = widths[level]
             if level > 0:
                 layers.append(Upsample(channels))
         self.up = nn.Sequential(*layers)
-        self.norm_out = normalization(channels)
+        self.norm_out = normalization(channels, groups)
         self.conv_out = nn.Conv2d(channels, config.folded_channels, 3, padding=1)
 
     def forward(self, z: Tensor) -> Tensor:
@@ -178,10 +187,11 @@ class Decoder(nn.Module):
         return rearrange(folded, "b (c p q) h w -> b c (h p) (w q)", p=p, q=p)
 
 
-def middle_block(channels: int, attention: bool) -> nn.Sequential:
-    """ResBlock, self-attention (optional), ResBlock, at the lowest resolution."""
-    attend = SelfAttention2d(channels) if attention else nn.Identity()
-    return nn.Sequential(ResBlock(channels, channels), attend, ResBlock(channels, channels))
+def middle_block(channels: int, attention: bool, groups: int) -> nn.Sequential:
+    """ResBlock, self-attention (optional), ResBlock, at the lowest resolution; ``groups`` in each GroupNorm."""
+    attend = SelfAttention2d(channels, groups=groups) if attention else nn.Identity()
+    return nn.Sequential(ResBlock(channels, channels, groups=groups), attend,
+                         ResBlock(channels, channels, groups=groups))
 
 
 class Autoencoder(nn.Module):

@@ -44,6 +44,8 @@ class AutoencoderTraining:
         gradient_checkpointing: recompute activations in the backward pass
             (:func:`minildm.nn.set_gradient_checkpointing`): less memory, the same weights, more
             time per step (README).
+        precision: the forward passes' dtype, ``auto`` (bf16 where the device computes it
+            natively), ``bf16`` or ``fp32`` (:func:`minildm.trainer.autocast_dtype`).
         start_from: a finished run folder whose autoencoder weights this run starts from
             (fine-tuning; the discriminator starts fresh).
         disc_start: the step at which the patch GAN switches on (None: the profile's).
@@ -58,6 +60,7 @@ class AutoencoderTraining:
     progress: bool = True
     accumulate: int = 1
     gradient_checkpointing: bool = False
+    precision: str = "auto"
     start_from: str | Path | None = None
     disc_start: int | None = None
     kl_weight: float = losses.LossConfig.kl_weight  # one default, the objective's
@@ -92,7 +95,8 @@ def train_autoencoder(run_dir: str | Path, pixels: torch.Tensor, *, config: Auto
 
     steps = training.steps or preset.steps
     train_config = TrainConfig(steps=steps, batch_size=preset.batch_size, accumulate=training.accumulate,
-                               seed=training.seed, cosine_decay=True, checkpoint_every=max(1, steps // 5),
+                               seed=training.seed, cosine_decay=True, precision=training.precision,
+                               checkpoint_every=max(1, steps // 5),
                                figure_every=max(1, steps // 5))
     trainer = Trainer(run_dir, {"autoencoder": autoencoder, "loss": objective}, optimizers=optimizers,
                       loss_fn=training_losses(autoencoder, objective), data={"pixels": pixels}, config=train_config,

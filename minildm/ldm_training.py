@@ -125,6 +125,8 @@ class LDMTraining:
         gradient_checkpointing: recompute the UNet's activations in the backward pass
             (:func:`minildm.nn.set_gradient_checkpointing`): less memory, the same weights, more
             time per step (README).
+        precision: the forward passes' dtype, ``auto`` (bf16 where the device computes it
+            natively), ``bf16`` or ``fp32`` (:func:`minildm.trainer.autocast_dtype`).
     """
 
     profile: Profile
@@ -137,6 +139,7 @@ class LDMTraining:
     progress: bool = True
     accumulate: int = 1
     gradient_checkpointing: bool = False
+    precision: str = "auto"
 
 
 def train_ldm(run_dir: str | Path, pixels: Tensor, *, autoencoder_dir: str | Path | None, training: LDMTraining,
@@ -174,7 +177,7 @@ def train_ldm(run_dir: str | Path, pixels: Tensor, *, autoencoder_dir: str | Pat
     steps = training.steps or preset.steps
     train_config = TrainConfig(steps=steps, batch_size=preset.batch_size, accumulate=training.accumulate,
                                ema_decay=preset.ema_decay, seed=training.seed,
-                               warmup_steps=min(100, steps // 10), cosine_decay=True,
+                               warmup_steps=min(100, steps // 10), cosine_decay=True, precision=training.precision,
                                checkpoint_every=max(1, steps // 5), figure_every=max(1, steps // 5))
     trainer = Trainer(run_dir, {**networks, "autoencoder": model.autoencoder}, optimizers={"networks": optimizer},
                       loss_fn=loss_fn, data=data, config=train_config, run_config=run_config, ema_of=list(networks),

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from minildm.autoencoder import AutoencoderConfig
 from minildm.config import SavedConfig
-from minildm.nn import normalization
+from minildm.nn import norm_groups, normalization
 from minildm.perceptual import PerceptualLoss
 
 class PatchDiscriminator(nn.Module):
@@ -48,12 +48,12 @@ class PatchDiscriminator(nn.Module):
     def __init__(self, in_channels: int = 3, channels: int = 64, n_layers: int = 3) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 4, 2, 1), nn.LeakyReLU(0.2)]
-        width = channels
-        for layer in range(1, n_layers + 1):
-            new_width = channels * min(2**layer, 8)
+        widths = [channels * min(2**layer, 8) for layer in range(1, n_layers + 1)]
+        groups, width = norm_groups(*widths), channels
+        for layer, new_width in enumerate(widths, start=1):
             stride = 2 if layer < n_layers else 1
             layers += [nn.Conv2d(width, new_width, 4, stride, 1, bias=False),
-                       normalization(new_width), nn.LeakyReLU(0.2)]
+                       normalization(new_width, groups), nn.LeakyReLU(0.2)]
             width = new_width
         layers.append(nn.Conv2d(width, 1, 4, 1, 1))
         self.layers = nn.Sequential(*layers)

@@ -4,7 +4,8 @@ Both networks of a latent diffusion model (Rombach et al., CVPR 2022, Sec. 3.1 a
 stacks of the same few pieces, taken from DDPM (Ho et al. 2020) and its improved UNet, ADM
 (Dhariwal & Nichol 2021, "Diffusion Models Beat GANs", Sec. 3):
 
-- :func:`normalization`: GroupNorm, which works for any batch size.
+- :func:`normalization`: GroupNorm, which works for any batch size, with one group count
+  per network (:func:`norm_groups`).
 - :class:`ResBlock`: norm, SiLU, 3x3 conv, twice, plus a skip path. With a time embedding it
   becomes the UNet's block, which scales and shifts its features by the diffusion time step.
 - :class:`Downsample` / :class:`Upsample`: halve or double the resolution.
@@ -29,9 +30,18 @@ from torch.utils.checkpoint import checkpoint
 MAX_GROUPS = 32
 
 
-def normalization(channels: int) -> nn.GroupNorm:
-    """GroupNorm with 32 groups, or fewer (the largest that divides ``channels``)."""
-    return nn.GroupNorm(math.gcd(MAX_GROUPS, channels), channels, eps=1e-6)
+def norm_groups(*widths: int) -> int:
+    """The group count of every GroupNorm in a network whose layers have ``widths`` channels:
+    32 (Wu & He 2018, "Group Normalization", Sec. 3.1; the count of DDPM, ADM and the LDM code),
+    or the largest divisor of 32 that divides every width: gcd(32, widths), 16 for a network of
+    16, 32 and 64 channels. One count for the whole network, as diffusers' models take it (one
+    ``norm_num_groups``)."""
+    return math.gcd(MAX_GROUPS, *widths)
+
+
+def normalization(channels: int, groups: int) -> nn.GroupNorm:
+    """GroupNorm of ``channels`` in ``groups`` groups (the network's :func:`norm_groups`)."""
+    return nn.GroupNorm(groups, channels, eps=1e-6)
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -91,17 +101,20 @@ class ResBlock(nn.Module):
         out_channels: channels of the output; a 1x1 conv adapts the skip path when they differ.
         dropout: dropout probability before the last conv.
         time_channels: size of the time embedding vector, or None for a block without one.
+        groups: GroupNorm groups of both norms, the network's :func:`norm_groups`; None (a
+            block on its own) takes ``norm_groups(in_channels, out_channels)``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0,
-                 time_channels: int | None = None) -> None:
+                 time_channels: int | None = None, *, groups: int | None = None) -> None:
         super().__init__()
-        self.norm1 = normalization(in_channels)
+        groups = groups or norm_groups(in_channels, out_channels)
+        self.norm1 = normalization(in_channels, groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.time_proj = None
         if time_channels is not None:
             self.time_proj = nn.Sequential(nn.SiLU(), nn.Linear(time_channels, 2 * out_channels))
-        self.norm2 = normalization(out_channels)
+        self.norm2 = normalization(out_channels, groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
@@ -175,17 +188,19 @@ class SelfAttention2d(nn.Module):
 
     Each pixel is a token: ``softmax(Q K^T / sqrt(d)) V`` per head (Vaswani et al. 2017), where
     ``d`` is the channels per head. Give either ``heads`` or ``head_channels`` (the LDM configs
-    use 32 channels per head for faces and 8 heads for churches).
+    use 32 channels per head for faces and 8 heads for churches). ``groups``: those of the
+    GroupNorm, the network's :func:`norm_groups`; None (a block on its own) takes ``norm_groups(channels)``.
     """
 
-    def __init__(self, channels: int, heads: int = 1, head_channels: int | None = None) -> None:
+    def __init__(self, channels: int, heads: int = 1, head_channels: int | None = None, *,
+                 groups: int | None = None) -> None:
         super().__init__()
         if head_channels is not None:
             heads = channels // head_channels
         if heads < 1 or channels % heads:
             raise ValueError(f"cannot split {channels} channels into {heads} attention heads")
         self.heads = heads
-        self.norm = normalization(channels)
+        self.norm = normalization(channels, groups or norm_groups(channels))
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj_out = zero_module(nn.Conv2d(channels, channels, 1))
 

@@ -5,11 +5,13 @@
 - DDIM (Song et al. 2021, eq. 12): any subsequence of the steps; ``eta = 0`` is deterministic,
   so noise and samples correspond one to one (:func:`ddim_invert` goes back; :func:`slerp`
   moves between two noises along the sphere they live near);
+- DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): DDIM's time steps, second order by reusing
+  the previous step's x0_hat, so fewer steps suffice (deterministic, like DDIM with ``eta = 0``);
 - measuring a trajectory: :func:`distance_to_result` and :func:`settling_step` (when the
   predicted x0 stops changing much).
 
 Each sampler's loop is written once, as a generator of steps (:func:`ddpm_steps`,
-:func:`ddim_steps`); ``*_sample`` returns its last state, ``*_trajectory`` a
+:func:`ddim_steps`, :func:`dpm_solver_steps`); ``*_sample`` returns its last state, ``*_trajectory`` a
 :class:`Trajectory` with every state and every predicted x0 along the way.
 :class:`SamplerOptions` picks a sampler and its settings (:func:`sampler_steps`). ``denoise``
 is any function ``(x_t, t) -> network output`` (:meth:`minildm.ldm.LatentDiffusion.denoiser`).
@@ -27,7 +29,7 @@ from tqdm import tqdm
 
 from minildm.diffusion import Denoiser, Diffusion
 
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm", "dpm++2m")
 SPACINGS = ("linspace", "leading")  # how ddim_timesteps spreads its steps
 Step = tuple[int, Tensor, Tensor]  # (t, x after the step from t, x0_hat predicted at t)
 
@@ -185,15 +187,67 @@ def ddim_trajectory(diffusion: Diffusion, denoise: Denoiser, x_T: Tensor, *, ste
                                               clip=clip, progress=progress, spacing=spacing))
 
 
+def half_log_snr(diffusion: Diffusion, step: int) -> float:
+    """lambda_t = log(alpha_t / sigma_t), alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t):
+    the time variable DPM-Solver++ integrates over (Lu et al. 2022, Algorithm 2)."""
+    alpha_bar = diffusion.alpha_bars[step].item()
+    return 0.5 * math.log(alpha_bar / (1 - alpha_bar))
+
+
+def dpm_solver_step(diffusion: Diffusion, denoise: Denoiser, x: Tensor, step: int, next_step: int | None,
+                    previous: tuple[int, Tensor] | None = None, clip: float | None = None) -> tuple[Tensor, Tensor]:
+    """One step of DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) from x_t = ``x`` at time
+    ``step`` to the next time ``next_step`` s; returns (x_s, x0_hat at t)::
+
+        x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) D,   h = lambda_s - lambda_t
+        D = (1 + 1/(2r)) x0_hat - 1/(2r) x0_prev,               r = h_prev / h
+
+    ``previous`` is (the time step before t, the x0_prev predicted there), h_prev = lambda_t -
+    lambda_prev. Without it (the first step) D = x0_hat: first order, DDIM with eta = 0.
+    After the last step (``next_step`` None) sigma_s = 0: x_s = x0_hat, first order too, as in
+    diffusers with ``final_sigmas_type="zero"`` (there lambda_s = inf and r = 0).
+    """
+    t = torch.full((len(x),), step, dtype=torch.long, device=x.device)
+    x0, _ = diffusion.predict(denoise, x, t, clip)
+    if next_step is None:
+        return x0, x0
+    lambda_t, lambda_s = half_log_snr(diffusion, step), half_log_snr(diffusion, next_step)
+    h = lambda_s - lambda_t
+    D = x0
+    if previous is not None:
+        previous_step, x0_previous = previous
+        r = (lambda_t - half_log_snr(diffusion, previous_step)) / h
+        D = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_previous
+    alpha_bar, alpha_bar_next = diffusion.alpha_bars[step].item(), diffusion.alpha_bars[next_step].item()
+    sigma_ratio = math.sqrt((1 - alpha_bar_next) / (1 - alpha_bar))  # sigma_s / sigma_t
+    return sigma_ratio * x - math.sqrt(alpha_bar_next) * math.expm1(-h) * D, x0
+
+
+@torch.no_grad()
+def dpm_solver_steps(diffusion: Diffusion, denoise: Denoiser, x_T: Tensor, *, steps: int = 20,
+                     clip: float | None = None, progress: bool = False, spacing: str = "linspace") -> Iterator[Step]:
+    """DPM-Solver++(2M) over DDIM's time steps (:func:`ddim_timesteps`), one
+    :func:`dpm_solver_step` at a time, each reusing the x0_hat of the step before (multistep).
+    Deterministic; Lu et al. find 15 to 20 steps enough for good samples."""
+    schedule = ddim_timesteps(diffusion, steps, spacing)
+    x, previous = x_T, None
+    for index, step in enumerate(tqdm(schedule, desc="DPM-Solver++(2M)", disable=not progress)):
+        next_step = schedule[index + 1] if index + 1 < len(schedule) else None
+        x, x0 = dpm_solver_step(diffusion, denoise, x, step, next_step, previous, clip)
+        previous = step, x0
+        yield step, x, x0
+
+
 @dataclass(frozen=True)
 class SamplerOptions:
     """How to run the reverse chain, given to :meth:`minildm.ldm.LatentDiffusion.sample`.
 
     Attributes:
-        sampler: ``ddim`` (Song et al. 2021) or ``ddpm`` (Ho et al. 2020, all T steps).
-        steps: DDIM's number of steps (DDPM ignores it and runs all T).
-        eta: DDIM's noise, 0 deterministic, 1 like DDPM.
-        spacing: DDIM's time steps (:func:`ddim_timesteps`).
+        sampler: ``ddim`` (Song et al. 2021), ``ddpm`` (Ho et al. 2020, all T steps) or
+            ``dpm++2m`` (DPM-Solver++(2M), Lu et al. 2022, deterministic).
+        steps: the number of steps of DDIM and DPM-Solver++ (DDPM ignores it and runs all T).
+        eta: DDIM's noise, 0 deterministic, 1 like DDPM (the others ignore it).
+        spacing: the time steps of DDIM and DPM-Solver++ (:func:`ddim_timesteps`).
         progress: show a progress bar.
     """
 
@@ -215,6 +269,9 @@ def sampler_steps(diffusion: Diffusion, denoise: Denoiser, x_T: Tensor, options:
     """The steps of the sampler that ``options`` names, from the noise x_T (B, C, H, W)."""
     if options.sampler == "ddpm":
         return ddpm_steps(diffusion, denoise, x_T, generator=generator, progress=options.progress)
+    if options.sampler == "dpm++2m":
+        return dpm_solver_steps(diffusion, denoise, x_T, steps=options.steps, progress=options.progress,
+                                spacing=options.spacing)
     return ddim_steps(diffusion, denoise, x_T, steps=options.steps, eta=options.eta, generator=generator,
                       progress=options.progress, spacing=options.spacing)
 

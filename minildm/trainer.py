@@ -5,7 +5,7 @@ and a function that turns a batch into one loss per optimiser. The trainer does 
 
 - batches drawn from a seeded permutation per epoch, so step ``s`` always sees the same data;
 - gradient accumulation, optional gradient clipping, learning-rate warm-up and cosine decay,
-  bf16 autocast on a GPU (fp32 on CPU);
+  bf16 autocast on a GPU and on a CPU with bf16 instructions (:func:`autocast_dtype`);
 - an exponential moving average (EMA) of one module's weights, used for figures and the
   exported weights only; the optimiser never sees it;
 - a progress bar with the losses, figures every ``figure_every`` steps;
@@ -42,6 +42,30 @@ Batch = dict[str, torch.Tensor]
 LossFunction = Callable[[Batch, int], tuple[dict[str, torch.Tensor], dict[str, float]]]
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (x86 AVX512-BF16 or AMX); elsewhere bf16 is
+    emulated and slower than fp32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The dtype of the forward passes under autocast, or None for fp32 throughout. ``auto``:
+    bf16 on a GPU that supports it and on a CPU with bf16 instructions, else fp32; ``bf16``
+    asks for it anywhere; the weights, their gradients and the optimiser stay fp32."""
+    if precision not in PRECISIONS:
+        raise MinildmError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "fp32" or device.type not in ("cuda", "cpu"):
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    supported = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_supports_bf16()
+    return torch.bfloat16 if supported else None
+
+
 class TrainingError(MinildmError):
     """Training cannot go on: a loss became NaN or infinite."""
 
@@ -50,7 +74,8 @@ class TrainingError(MinildmError):
 class TrainConfig:
     """How long and how to train; the stage decides what is trained. A checkpoint is saved
     every ``checkpoint_every`` steps or ``checkpoint_minutes`` minutes, whichever comes first,
-    so a killed run loses at most that much work."""
+    so a killed run loses at most that much work. ``precision``: the forward passes' dtype
+    (:func:`autocast_dtype`)."""
 
     steps: int
     batch_size: int
@@ -63,6 +88,7 @@ class TrainConfig:
     seed: int = 0
     warmup_steps: int = 0
     cosine_decay: bool = False
+    precision: str = "auto"
 
     def learning_rate_scale(self, step: int) -> float:
         """Factor on every optimiser's learning rate at ``step``: a linear warm-up over
@@ -129,6 +155,7 @@ class Trainer:
         averaged = [ema_of] if isinstance(ema_of, str) else list(ema_of)
         self.ema = {name: EMA(modules[name], config.ema_decay) for name in averaged} if config.ema_decay else {}
         self.world = distributed.current()
+        self.autocast = autocast_dtype(self.device, config.precision)  # None: fp32 throughout
         self.step = 0
         self.saved_step: int | None = None  # step of the checkpoint on disk, if any
         self.saved_at = time.monotonic()
@@ -187,7 +214,8 @@ class Trainer:
         accumulate = self.config.accumulate
         for micro in range(self.world.rank * accumulate, (self.world.rank + 1) * accumulate):
             torch.manual_seed((self.config.seed * 1_000_003 + self.step) * 1_009 + micro)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            with torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
+                                enabled=self.autocast is not None):
                 losses, logs = self.loss_fn(self.batch(self.step, micro), self.step)
             self._check_finite(losses)
             names = list(losses)

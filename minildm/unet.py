@@ -32,7 +32,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from minildm.attention import SpatialTransformer
 from minildm.config import SavedConfig
-from minildm.nn import Downsample, ResBlock, SelfAttention2d, Upsample, checkpointed, normalization, zero_module
+from minildm.nn import (Downsample, ResBlock, SelfAttention2d, Upsample, checkpointed, norm_groups, normalization,
+                        zero_module)
 
 
 @dataclass
@@ -41,7 +42,8 @@ class UNetConfig(SavedConfig):
 
     Attributes:
         in_channels, out_channels: channels of the latent (4 for a KL autoencoder, 3 for VQ).
-        base_channels: channels at the first level (the paper's CelebA-HQ model: 224).
+        base_channels: channels at the first level (the paper's CelebA-HQ model: 224). Every
+            GroupNorm has gcd(32, base_channels) groups (:func:`minildm.nn.norm_groups` of the widths).
         channel_mult: channels of each level as multiples of ``base_channels``; one
             downsampling between consecutive levels (the paper: 1, 2, 3, 4).
         res_blocks: ResBlocks per level on the way down (the paper: 2); one more on the way up.
@@ -110,14 +112,18 @@ class UNet(nn.Module):
         self.config = config
         self.gradient_checkpointing = False
         base = config.base_channels
+        groups = norm_groups(base, *(base * mult for mult in config.channel_mult))  # one count for every GroupNorm
         time_channels = 4 * base
         self.time_mlp = nn.Sequential(nn.Linear(base, time_channels), nn.SiLU(),
                                       nn.Linear(time_channels, time_channels))
 
+        def resblock(in_channels: int, out_channels: int) -> ResBlock:
+            return ResBlock(in_channels, out_channels, config.dropout, time_channels, groups=groups)
+
         def block(in_channels: int, out_channels: int, level: int) -> UNetBlock:
-            layers = [ResBlock(in_channels, out_channels, config.dropout, time_channels)]
+            layers = [resblock(in_channels, out_channels)]
             if level in config.attention_levels:
-                layers.append(self.make_attention(out_channels))
+                layers.append(self.make_attention(out_channels, groups))
             return UNetBlock(layers)
 
         self.input_conv = nn.Conv2d(config.in_channels, base, 3, padding=1)
@@ -133,9 +139,8 @@ class UNet(nn.Module):
                 self.down.append(UNetBlock([Downsample(channels)]))
                 skip_channels.append(channels)
 
-        self.middle = UNetBlock([ResBlock(channels, channels, config.dropout, time_channels),
-                                     self.make_attention(channels),
-                                     ResBlock(channels, channels, config.dropout, time_channels)])
+        self.middle = UNetBlock([resblock(channels, channels), self.make_attention(channels, groups),
+                                 resblock(channels, channels)])
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(config.channel_mult))):
@@ -146,16 +151,16 @@ class UNet(nn.Module):
                     layers.append(Upsample(channels))
                 self.up.append(layers)
 
-        self.output = nn.Sequential(normalization(channels), nn.SiLU(),
+        self.output = nn.Sequential(normalization(channels, groups), nn.SiLU(),
                                     zero_module(nn.Conv2d(channels, config.out_channels, 3, padding=1)))
 
-    def make_attention(self, channels: int) -> nn.Module:
+    def make_attention(self, channels: int, groups: int) -> nn.Module:
         """The attention layer at one place in the network: self-attention over the pixels,
-        or a spatial transformer that also attends to the context tokens."""
+        or a spatial transformer that also attends to the context tokens; ``groups`` in its GroupNorm."""
         head_channels = min(self.config.head_channels, channels)
         if self.config.context_channels is None:
-            return SelfAttention2d(channels, head_channels=head_channels)
-        return SpatialTransformer(channels, self.config.context_channels, head_channels)
+            return SelfAttention2d(channels, head_channels=head_channels, groups=groups)
+        return SpatialTransformer(channels, self.config.context_channels, head_channels, groups=groups)
 
     @property
     def downsampling(self) -> int:

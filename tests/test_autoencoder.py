@@ -14,7 +14,7 @@ from minildm.data import toyfaces
 from minildm.autoencoder import (AutoencoderConfig, AutoencoderKL, AutoencoderVQ, PixelSpace, build_autoencoder,
                                  measure_scale_factor, pixel_space_config)
 from minildm.regularizers import DiagonalGaussian, VectorQuantizer
-from minildm.nn import Downsample, ResBlock, SelfAttention2d, normalization
+from minildm.nn import Downsample, ResBlock, SelfAttention2d, norm_groups, normalization
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -264,9 +264,13 @@ def test_self_attention_matches_the_formula():
     assert torch.equal(SelfAttention2d(channels)(x), x)  # zero-initialised output projection
 
 
-def test_normalization_groups():
-    assert normalization(64).num_groups == 32 and normalization(48).num_groups == 16
-    assert normalization(3).num_groups == 1 and normalization(64).eps == 1e-6
+def test_norm_groups_is_the_largest_divisor_of_32_dividing_every_width():
+    for widths in [(64,), (48,), (3,), (16, 32, 64), (192, 384, 576, 768), (24, 48, 96)]:
+        expected = max(g for g in (1, 2, 4, 8, 16, 32) if all(width % g == 0 for width in widths))
+        assert norm_groups(*widths) == expected, widths
+    layer = normalization(64, groups=16)
+    assert (layer.num_groups, layer.num_channels, layer.eps) == (16, 64, 1e-6)
+    assert ResBlock(16, 32).norm2.num_groups == 16  # a block on its own: one count for both widths
 
 
 def test_autoencoder_overfits_a_batch():

@@ -100,6 +100,10 @@ def test_demo_trains_both_stages_and_writes_samples_and_metrics(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["autoencoder"]["n_images"] == 128 and metrics["autoencoder"]["psnr"] > 10
     assert metrics["ldm"]["fid"] > 0 and metrics["ldm"]["n_samples"] == 5
+    quality = metrics["quality"]  # 128 samples and 128 + 128 held-out faces
+    assert quality["n"] == 128 and quality["rows"]["real vs real (floor)"]["precision"] > 0.5
+    assert 0 < quality["data"]["saturation"] < 1 and "face" in quality["rows"]["samples"]["attributes"]
+    assert "stage 1 costs" in result.stdout and "Precision" in result.stdout  # the reading of the numbers
     assert {"config.json", "weights.safetensors"} <= {p.name for p in (out / "ldm").iterdir()}
 
 
@@ -122,8 +126,12 @@ def test_train_ldm_sample_and_evaluate_from_the_command_line(tmp_path, capsys, m
     monkeypatch.setenv("MINILDM_DATA_DIR", str(data_dir()))  # the usual data folder, where the judge is cached
     capsys.readouterr()
     assert main(["evaluate", *common, "--ldm", str(ldm), "--n", "8"]) == 0
-    metrics = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    metrics = json.loads(captured.out)
     assert metrics["n_samples"] == 8 and "held-out images of toyfaces" in metrics["data"]
+    quality = metrics["quality"]  # 8 samples against 8 held-out faces, 8 more for the floor and the ceiling
+    assert quality["n"] == 8 and set(quality["rows"]) == {"real vs real (floor)", "autoencoder (ceiling)", "samples"}
+    assert "autoencoder (ceiling)" in captured.err and 0 <= quality["rows"]["samples"]["recall"] <= 1
     assert metrics["fid"] > 0 and metrics["toyface_fid"] > 0 and metrics["toyface_kid_std"] >= 0
     assert metrics["n_floor"] == 8 and metrics["fid_floor"] >= 0 and metrics["toyface_kid_floor"] is not None
     assert metrics["toyface_features"].startswith("toy-face judge, 64-d")

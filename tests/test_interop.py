@@ -23,8 +23,9 @@ from minildm.interop.diffusers_autoencoder import autoencoder_from_diffusers, au
 from minildm.interop.diffusers_unet import check_unet_exportable, copy_unet_from_diffusers, unet_to_diffusers
 from minildm.interop.export import ddim_scheduler_config, export_ldm
 from minildm.interop.import_ae import import_autoencoder
-from minildm.interop.layers import InteropError
+from minildm.interop.layers import InteropError, one_group_count
 from minildm.ldm_training import LDMTraining, load_ldm, train_ldm
+from minildm.recipes import autoencoder_config, ldm_config
 from minildm.sampling import SamplerOptions, ddim_sample, ddim_step, ddim_timesteps
 from minildm.unet import UNet, UNetConfig
 
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.integration  # trains models or runs whole commands: `m
 TINY = get_profile("tiny")
 SEED = 3
 DESCRIPTION = {"dataset": "toyfaces", "resolution": 32, "start": 0, "n": 48, "split": "train", "seed": SEED}
-# base channels a multiple of 32: minildm's gcd(32, channels) groups are then one count, as diffusers needs
+# minildm gives a network of 32, 64 and 128 channels gcd(32, 32) = 32 groups in every GroupNorm, as here
 SMALL_KL = dict(down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
                 block_out_channels=(32, 64, 128), layers_per_block=1, latent_channels=4, norm_num_groups=32)
 
@@ -92,6 +93,15 @@ def randomised(module: torch.nn.Module) -> torch.nn.Module:
         for parameter in module.parameters():
             parameter.copy_(torch.randn_like(parameter) * 0.2)
     return module
+
+
+def group_counts(model: torch.nn.Module) -> set[int]:
+    return {layer.num_groups for layer in model.modules() if isinstance(layer, torch.nn.GroupNorm)}
+
+
+def relative_gap(theirs: torch.Tensor, ours: torch.Tensor) -> float:
+    """max |theirs - ours| / max |ours|: randomised weights give outputs of any scale."""
+    return ((theirs - ours).abs().max() / ours.abs().max()).item()
 
 
 def test_scheduler_visits_minildm_leading_time_steps_on_the_same_schedule():
@@ -165,6 +175,31 @@ def test_exported_autoencoder_encodes_as_minildm_when_it_pads_right_and_bottom(r
     assert gaps["symmetric"][0] > 1e-2
 
 
+@pytest.mark.parametrize("name", ["tiny", "cpu"])
+def test_the_small_profiles_models_export_and_compute_the_same(name, one_thread):
+    """The tiny and cpu autoencoders have 16, 32 and 64 channels, so 16 groups in every GroupNorm:
+    their KL-f4 autoencoder and the UNet on its latents export, decode and denoise in diffusers as
+    in minildm, and the exported autoencoder imports back (its encoder then pads the diffusers way)."""
+    profile = get_profile(name)
+    ours = randomised(build_autoencoder(autoencoder_config(profile, factor=4, reg="kl"))).eval()
+    theirs = autoencoder_to_diffusers(ours, scaling_factor=1.0, sample_size=32)
+    back = autoencoder_from_diffusers(theirs)
+    assert group_counts(ours) == group_counts(back) == {theirs.config.norm_num_groups}
+    unet = randomised(UNet(ldm_config(profile, ours).unet)).eval()
+    their_unet = unet_to_diffusers(unet)
+    assert group_counts(unet) == {their_unet.config.norm_num_groups}
+    images, latents, t = torch.rand(2, 3, 32, 32) * 2 - 1, torch.randn(2, 4, 8, 8), torch.tensor([3, 700])
+    with torch.no_grad():
+        decoded, encoded, noise = ours.decode(latents), theirs.encoder(images), unet(latents, t)
+        gaps = {"decoder": relative_gap(theirs.decode(latents).sample, decoded),
+                "imported decoder": relative_gap(back.decode(latents), decoded),
+                "imported encoder": relative_gap(back.encoder(images), encoded),
+                "unet": relative_gap(their_unet(latents, t).sample, noise)}
+    print(f"{name}: " + ", ".join(f"max |{part} difference| / max |output| {gap:.1e}" for part, gap in gaps.items()))
+    assert min(decoded.abs().mean(), encoded.abs().mean(), noise.abs().mean()) > 0.1
+    assert max(gaps.values()) <= 1e-5
+
+
 @pytest.mark.parametrize("reg, steps", [("kl", 50), ("vq", 50), ("kl", 27)])
 def test_exported_pipeline_samples_what_minildm_samples(runs, reg, steps, tmp_path, offline, one_thread):
     """minildm's DDIM with ``spacing="leading"`` and the exported pipeline at the same step
@@ -204,10 +239,9 @@ def test_what_diffusers_cannot_express_is_refused_in_one_line(runs, tmp_path):
     with pytest.raises(InteropError, match="class-conditioned model is not exported") as refused:
         export_ldm(runs / "class", tmp_path / "out")
     assert "\n" not in str(refused.value)
-    with pytest.raises(InteropError, match=r"GroupNorm layers have \[16, 32\] groups"):
-        check_unet_exportable(UNetConfig(base_channels=16, channel_mult=(1, 2), attention_levels=(), head_channels=16))
-    with pytest.raises(InteropError, match=r"GroupNorm layers have \[16, 32\] groups"):
-        diffusers_autoencoder_config(AutoencoderConfig(base_channels=16), scaling_factor=1.0, sample_size=32)
+    with pytest.raises(InteropError, match=r"GroupNorm layers have \[16, 32\] groups; diffusers' take one count"):
+        one_group_count(lambda: torch.nn.Sequential(torch.nn.GroupNorm(16, 16), torch.nn.GroupNorm(32, 64)),
+                        "the model's", "diffusers' take")  # a network built otherwise than minildm's
     with pytest.raises(InteropError, match="patch_size"):
         diffusers_autoencoder_config(AutoencoderConfig(base_channels=32, factor=8, patch_size=2), scaling_factor=1.0,
                                      sample_size=32)
@@ -261,7 +295,8 @@ def test_stable_diffusions_autoencoder_has_a_shape_minildm_holds(one_thread):
 
 def test_what_minildm_cannot_hold_is_refused_in_one_line(tmp_path, offline):
     cases = [({"block_out_channels": (32, 64, 96)}, "not base channels times minildm's level layout"),
-             ({"norm_num_groups": 16}, r"minildm gives layers of \(32, 64, 128\) channels \[32\] groups"),
+             ({"norm_num_groups": 16}, r"minildm gives every layer of an autoencoder of \(32, 64, 128\) channels 32 "
+                                       r"groups"),
              ({"act_fn": "relu"}, "minildm's autoencoder uses SiLU")]
     for index, (change, message) in enumerate(cases):
         diffusers.AutoencoderKL(**{**SMALL_KL, **change}).save_pretrained(tmp_path / str(index))

@@ -12,7 +12,9 @@ from torch import nn
 
 from minildm import checkpoint as ckpt
 from minildm.checkpoint import CheckpointError
-from minildm.trainer import EMA, Trainer, TrainConfig, TrainingError
+from minildm import trainer as trainer_module
+from minildm.config import MinildmError
+from minildm.trainer import EMA, Trainer, TrainConfig, TrainingError, autocast_dtype
 
 DATA = {"x": torch.randn(40, 3, generator=torch.Generator().manual_seed(1))}
 DATA["y"] = DATA["x"] @ torch.tensor([1.0, -2.0, 0.5]) + 0.3
@@ -177,7 +179,7 @@ def test_every_row_is_seen_once_per_epoch(tmp_path):
 
 def test_two_optimisers_only_update_their_own_parameters(tmp_path):
     generator, critic = nn.Linear(3, 1), nn.Linear(1, 1)
-    config = TrainConfig(steps=1, batch_size=8)
+    config = TrainConfig(steps=1, batch_size=8, precision="fp32")  # the expected step below is fp32
     trainer = Trainer(tmp_path, {"g": generator, "c": critic},
                       optimizers={"generator": torch.optim.SGD(generator.parameters(), lr=0.1),
                                   "critic": torch.optim.SGD(critic.parameters(), lr=0.1)},
@@ -222,3 +224,32 @@ def test_a_key_missing_from_the_recorded_configuration_is_named(tmp_path):
     ckpt.write_run_config(tmp_path, {"stage": "ldm", "extra": None})
     with pytest.raises(ckpt.CheckpointError, match=r"differs in: extra\)"):
         ckpt.write_run_config(tmp_path, {"stage": "ldm"})  # None against missing: still a difference
+
+
+def test_precision_auto_is_bf16_only_where_the_cpu_computes_it(monkeypatch):
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, "fp32") is None and autocast_dtype(cpu, "bf16") is torch.bfloat16
+    monkeypatch.setattr(trainer_module, "cpu_supports_bf16", lambda: False)
+    assert autocast_dtype(cpu, "auto") is None
+    monkeypatch.setattr(trainer_module, "cpu_supports_bf16", lambda: True)
+    assert autocast_dtype(cpu, "auto") is torch.bfloat16
+    with pytest.raises(MinildmError, match="unknown precision 'fp16'"):
+        autocast_dtype(cpu, "fp16")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_the_forward_pass_runs_in_the_chosen_precision_and_the_weights_stay_fp32(tmp_path, precision):
+    model = nn.Linear(3, 1)
+    seen = []
+
+    def loss_fn(batch, step):
+        output = model(batch["x"])
+        seen.append(output.dtype)
+        return {"model": (output.float().squeeze(1) - batch["y"]).pow(2).mean()}, {}
+
+    trainer = Trainer(tmp_path, {"model": model}, optimizers={"model": torch.optim.SGD(model.parameters(), lr=0.1)},
+                      loss_fn=loss_fn, data=DATA, config=TrainConfig(steps=2, batch_size=8, precision=precision),
+                      run_config={}, progress=False)
+    trainer.fit()
+    assert seen == [torch.bfloat16 if precision == "bf16" else torch.float32] * 2
+    assert model.weight.dtype is torch.float32 and model.weight.grad.dtype is torch.float32

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 import time
@@ -24,19 +23,19 @@ from minildm.conditioning import KINDS, TOKEN_KINDS
 from minildm.config import MinildmError, Profile, get_profile
 from minildm.app.course_commands import add_course
 from minildm.data.images import UNREADABLE_ERRORS, read_image
-from minildm.data.sources import DataError
 from minildm.app.demo import run_demo
-from minildm.evaluation import bench, scores
-from minildm.evaluation.judge import ToyFaceFeatures, load_judge
+from minildm.evaluation import bench
 from minildm.image_conditions import mask_from_image
+from minildm.app.evaluate_command import add_evaluate
 from minildm.app.interop_commands import add_export, add_import_ae
 from minildm.ldm import DEFAULT_GUIDANCE, LatentDiffusion
 from minildm.ldm_training import LDMTraining, load_ldm, train_ldm
 from minildm.app.options import (Parser, command, data_options, guidance_scale, integer_list, load_data,
-                             load_training_data, non_negative_integer, output_folder, png_file,
-                             positive_integer, requested_condition, unit_interval)
+                                 load_seen, load_training_data, non_negative_integer, output_folder, png_file,
+                                 positive_integer, requested_condition, unit_interval)
 from minildm.recipes import autoencoder_config, condition_tensor, conditioning_config
 from minildm.sampling import SamplerOptions
+from minildm.trainer import PRECISIONS
 from minildm.unet import forward_flops, parameter_count
 from minildm.viz import save_grid
 
@@ -47,6 +46,8 @@ ACCUMULATE_HELP = ("micro-batches per step, their gradients averaged (default 1;
                    "Under torchrun, N processes are the same run as --accumulate N")
 CHECKPOINTING_HELP = ("recompute each block's activations in the backward pass instead of keeping them: "
                       "less memory, 1.15 to 1.8 times the time per step (README)")
+PRECISION_HELP = ("the forward passes' dtype: auto (default) is bf16 on a GPU and on a CPU with bf16 instructions "
+                  "(AVX512-BF16, AMX), else fp32; the weights stay fp32")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,23 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_seen(seen: dict, n: int, start: int) -> data.ImageDataset:
-    """``n`` images from ``start`` of the source a run folder records (its ``data``)."""
-    return data.load_images(seen["dataset"], seen["resolution"], n, start=start, split=seen["split"],
-                            seed=seen["seed"])
-
-
-def _floor_images(seen: dict, held_out: data.ImageDataset) -> torch.Tensor | None:
-    """As many further held-out images as ``held_out``, for the real-against-real floor of FID
-    and KID; None (the floor is left out) when the source has too few."""
-    start = seen["start"] + seen["n"] + len(held_out)
-    try:
-        floor = _load_seen(seen, len(held_out), start)
-    except DataError:
-        return None
-    return floor.pixels if len(floor) == len(held_out) else None
-
-
 # data
 def add_data(commands) -> None:
     parser = command(commands, "data", "prepare and cache a data set, print a summary", run_data)
@@ -138,6 +122,7 @@ def add_train_ae(commands) -> None:
     parser.add_argument("--steps", type=positive_integer, help="training steps (default: the profile's)")
     parser.add_argument("--accumulate", type=positive_integer, default=1, help=ACCUMULATE_HELP)
     parser.add_argument("--gradient-checkpointing", action="store_true", help=CHECKPOINTING_HELP)
+    parser.add_argument("--precision", default="auto", choices=list(PRECISIONS), help=PRECISION_HELP)
     parser.add_argument("--base-channels", type=positive_integer,
                         help="channels at full resolution (default: the profile's); fewer make a higher "
                              "resolution affordable")
@@ -164,7 +149,8 @@ def run_train_ae(args: argparse.Namespace, profile: Profile) -> None:
     started = time.perf_counter()
     training = AutoencoderTraining(profile=profile, steps=args.steps, seed=args.seed,
                                    perceptual=perceptual.perceptual_for(profile), data_description=description,
-                                   accumulate=args.accumulate, gradient_checkpointing=args.gradient_checkpointing)
+                                   accumulate=args.accumulate, gradient_checkpointing=args.gradient_checkpointing,
+                                   precision=args.precision)
     autoencoder = train_autoencoder(args.out, train.pixels, config=config, training=training)
     minutes = (time.perf_counter() - started) / 60
     print(f"trained in {minutes:.1f} min; latent {autoencoder.latent_shape(train.resolution)}, "
@@ -184,6 +170,7 @@ def add_train_ldm(commands) -> None:
     parser.add_argument("--steps", type=positive_integer, help="training steps (default: the profile's)")
     parser.add_argument("--accumulate", type=positive_integer, default=1, help=ACCUMULATE_HELP)
     parser.add_argument("--gradient-checkpointing", action="store_true", help=CHECKPOINTING_HELP)
+    parser.add_argument("--precision", default="auto", choices=list(PRECISIONS), help=PRECISION_HELP)
     parser.add_argument("--out", type=output_folder, required=True, help="run folder (resumed if it exists)")
 
 
@@ -192,7 +179,7 @@ def run_train_ldm(args: argparse.Namespace, profile: Profile) -> None:
         raise MinildmError("--attributes applies to --cond attributes only")
     load_autoencoder(args.ae)  # a clear error now rather than after loading data
     seen = ckpt.read_training_data(args.ae)
-    train = _load_seen(seen, args.n or seen["n"], seen["start"])
+    train = load_seen(seen, args.n or seen["n"], seen["start"])
     print(data.describe(train).splitlines()[0])
     conditioning, conditions = None, None
     if args.cond != "none":
@@ -203,7 +190,7 @@ def run_train_ldm(args: argparse.Namespace, profile: Profile) -> None:
     started = time.perf_counter()
     training = LDMTraining(profile=profile, steps=args.steps, seed=args.seed, conditioning=conditioning,
                            data_description={**seen, "n": len(train)}, accumulate=args.accumulate,
-                           gradient_checkpointing=args.gradient_checkpointing)
+                           gradient_checkpointing=args.gradient_checkpointing, precision=args.precision)
     model = train_ldm(args.out, train.pixels, autoencoder_dir=args.ae, training=training, conditions=conditions)
     minutes = (time.perf_counter() - started) / 60
     latent_shape = model.latent_shape(train.resolution)
@@ -219,12 +206,14 @@ def add_sample(commands) -> None:
     parser = command(commands, "sample", "draw images from a trained model into a PNG grid", run_sample)
     parser.add_argument("--ldm", type=Path, required=True, help="a latent diffusion run folder")
     parser.add_argument("--n", type=positive_integer, default=64, help="number of images (default 64)")
-    parser.add_argument("--sampler", default="ddim", choices=list(SAMPLERS), help="default ddim")
-    parser.add_argument("--steps", type=positive_integer, default=50, help="DDIM steps (default 50; DDPM uses all)")
+    parser.add_argument("--sampler", default="ddim", choices=list(SAMPLERS),
+                        help="default ddim; dpm++2m (DPM-Solver++) needs fewer steps, e.g. 20")
+    parser.add_argument("--steps", type=positive_integer, default=50,
+                        help="DDIM or DPM-Solver++ steps (default 50; DDPM uses all)")
     parser.add_argument("--eta", type=unit_interval, default=0.0, help="DDIM noise: 0 deterministic, 1 like DDPM")
     parser.add_argument("--spacing", default="linspace", choices=list(SPACINGS),
-                        help="DDIM time steps: linspace from T-1 to 0 (default), or leading, multiples of T // steps "
-                        "as an exported diffusers pipeline takes")
+                        help="DDIM and DPM-Solver++ time steps: linspace from T-1 to 0 (default), or leading, "
+                        "multiples of T // steps as an exported diffusers pipeline takes")
     parser.add_argument("--prompt", help="text model: the caption to draw")
     parser.add_argument("--attributes", help="attribute model: comma-separated attributes to draw, e.g. "
                         "Smiling,Eyeglasses (the others absent)")
@@ -247,7 +236,7 @@ def run_sample(args: argparse.Namespace, profile: Profile) -> None:
         raise MinildmError(str(error)) from None
     seconds = time.perf_counter() - started
     print(f"{args.n} samples in {seconds:.1f} s ({args.sampler}, "
-          f"{args.steps if args.sampler == 'ddim' else model.diffusion.timesteps} steps): "
+          f"{model.diffusion.timesteps if args.sampler == 'ddpm' else args.steps} steps): "
           f"{save_grid(torch.cat([shown, images.cpu()]), args.out, scale=2)}")
 
 
@@ -307,40 +296,6 @@ def _read_image(path: Path | None, option: str, resolution: int) -> torch.Tensor
         raise MinildmError(f"{option}: no such file: {path}") from None
     except UNREADABLE_ERRORS as error:
         raise MinildmError(f"{option}: cannot read {path} as an image ({type(error).__name__})") from None
-
-
-# evaluate
-def add_evaluate(commands) -> None:
-    parser = command(commands, "evaluate", "print one JSON object of metrics on held-out images", run_evaluate)
-    target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--ae", type=Path, help="an autoencoder run folder")
-    target.add_argument("--ldm", type=Path, help="a latent diffusion run folder")
-    parser.add_argument("--n", type=positive_integer, help="held-out images, and as many samples for an LDM "
-                        "(default: the profile's)")
-
-
-def run_evaluate(args: argparse.Namespace, profile: Profile) -> None:
-    run_dir = args.ae or args.ldm
-    model = load_autoencoder(run_dir, profile.device) if args.ae else load_ldm(run_dir, profile.device)
-    seen = ckpt.read_training_data(run_dir)  # loading first: a wrong folder gets the model's own message
-    try:
-        held_out = _load_seen(seen, args.n or (profile.n_holdout if args.ae else profile.fid_images),
-                              seen["start"] + seen["n"])
-    except DataError:
-        raise MinildmError(f"no held-out images in {seen['dataset']} after the {seen['n']} that {run_dir} "
-                           "trained on: train on fewer with --n") from None
-    toy_faces = seen["dataset"] == "toyfaces"
-    if args.ae:
-        results = scores.evaluate_autoencoder(model, held_out.pixels)
-    elif model.kind == "none":
-        results = scores.evaluate_ldm(model, held_out.pixels, generator=torch.Generator().manual_seed(args.seed),
-                                      extra_features={"toyface": ToyFaceFeatures(load_judge())} if toy_faces else None,
-                                      floor_reference=_floor_images(seen, held_out))
-    else:
-        results = scores.evaluate_conditional(model, held_out, load_judge() if toy_faces else None, args.seed)
-    results["data"] = (f"{len(held_out)} held-out images of {seen['dataset']} from index "
-                       f"{seen['start'] + seen['n']}, center crop, bicubic resize to {seen['resolution']} px")
-    print(json.dumps(results))
 
 
 # bench

@@ -19,6 +19,7 @@ from minildm import data
 from minildm.conditioning import ConditioningConfig, WordTokenizer
 from minildm.config import PROFILES, MinildmError, Profile
 from minildm.data.faces import default_dataset
+from minildm.data.sources import DataError
 
 
 class Parser(argparse.ArgumentParser):
@@ -167,3 +168,20 @@ def requested_condition(config: ConditioningConfig, request: str) -> Tensor:
     if unknown:
         raise MinildmError(f"unknown attribute(s) {', '.join(unknown)}; this model knows: {', '.join(known)}")
     return torch.tensor([[name in wanted for name in known]])
+
+
+def load_seen(seen: dict, n: int, start: int) -> data.ImageDataset:
+    """``n`` images from ``start`` of the source a run folder records (its ``data``)."""
+    return data.load_images(seen["dataset"], seen["resolution"], n, start=start, split=seen["split"],
+                            seed=seen["seed"])
+
+
+def floor_images(seen: dict, held_out: data.ImageDataset) -> torch.Tensor | None:
+    """As many further held-out images as ``held_out``, for the real-against-real floor of FID
+    and KID; None (the floor is left out) when the source has too few."""
+    start = seen["start"] + seen["n"] + len(held_out)
+    try:
+        floor = load_seen(seen, len(held_out), start)
+    except DataError:
+        return None
+    return floor.pixels if len(floor) == len(held_out) else None

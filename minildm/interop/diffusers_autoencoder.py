@@ -21,15 +21,15 @@ level. :func:`autoencoder_layer_pairs` pairs the layers one for one. The differe
   latent to ``z + P^-1 p``: then P z + p = P (z + P^-1 p), a bias-free 1x1 map that commutes
   with the decoder convolution's zero padding. The posterior keeps its variance and its
   diagonal form; its mean moves by that constant vector.
-- GroupNorm: minildm gives each layer gcd(32, channels) groups, diffusers one count for all;
-  they match when those are the same number (base channels a multiple of 32).
+- GroupNorm: both give every layer one group count, minildm gcd(32, base channels)
+  (:func:`minildm.nn.norm_groups`), diffusers its ``norm_num_groups``; an imported autoencoder
+  must have the count minildm would give it.
 - minildm's ``patch_size`` (space-to-depth) has no diffusers counterpart.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 from torch import nn
@@ -37,7 +37,7 @@ from torch import nn
 from minildm.autoencoder import CHANNEL_MULTIPLIERS, Autoencoder, AutoencoderConfig, build_autoencoder
 from minildm.interop.layers import InteropError, Link, copy_from_diffusers, copy_to_diffusers, links_of, \
     one_group_count, require_diffusers
-from minildm.nn import MAX_GROUPS
+from minildm.nn import norm_groups
 
 ENCODER_BLOCK, DECODER_BLOCK = "DownEncoderBlock2D", "UpDecoderBlock2D"
 
@@ -56,7 +56,7 @@ def diffusers_autoencoder_config(config: AutoencoderConfig, *, scaling_factor: f
     levels = len(config.channel_multipliers)
     shared = dict(in_channels=config.image_channels, out_channels=config.image_channels,
                   down_block_types=(ENCODER_BLOCK,) * levels, up_block_types=(DECODER_BLOCK,) * levels,
-                  block_out_channels=tuple(config.base_channels * m for m in config.channel_multipliers),
+                  block_out_channels=config.widths,
                   layers_per_block=config.res_blocks, act_fn="silu", latent_channels=config.latent_channels,
                   norm_num_groups=groups, sample_size=sample_size, scaling_factor=scaling_factor,
                   mid_block_add_attention=config.attention)
@@ -84,10 +84,10 @@ def autoencoder_config_from_diffusers(config) -> AutoencoderConfig:
     if config.in_channels != config.out_channels:
         raise InteropError(f"{config.in_channels} input but {config.out_channels} output channels: minildm "
                            f"reconstructs the image's own channels")
-    our_groups = sorted({math.gcd(MAX_GROUPS, width) for width in widths})
-    if our_groups != [config.norm_num_groups]:
-        raise InteropError(f"norm_num_groups {config.norm_num_groups}: minildm gives layers of {widths} channels "
-                           f"{our_groups} groups (gcd(32, channels))")
+    if norm_groups(*widths) != config.norm_num_groups:
+        raise InteropError(f"norm_num_groups {config.norm_num_groups}: minildm gives every layer of an autoencoder "
+                           f"of {widths} channels {norm_groups(*widths)} groups (the largest divisor of 32 that "
+                           f"divides every width)")
     return AutoencoderConfig(reg="kl", factor=factor, base_channels=base, res_blocks=config.layers_per_block,
                              latent_channels=config.latent_channels, attention=config.mid_block_add_attention,
                              image_channels=config.in_channels, downsample_padding="right_bottom")

@@ -4,26 +4,22 @@ Both are the ADM-style UNet (Dhariwal & Nichol 2021): a sinusoidal time embeddin
 ResBlocks that scale and shift their features by it, self-attention at chosen levels, a
 middle block (ResBlock, attention, ResBlock) and an up path with concatenated skips and one
 ResBlock more per level. :func:`diffusers_unet_config` sets ``UNet2DModel`` up level by level
-so the layers match one for one; :func:`unet_links` pairs them. Two things ``UNet2DModel``
-cannot express are refused (:class:`~minildm.interop.layers.InteropError`):
+so the layers match one for one; :func:`unet_links` pairs them. Both give every GroupNorm one
+group count: minildm gcd(32, base channels) (:func:`minildm.nn.norm_groups`), diffusers its
+``norm_num_groups``. Two things ``UNet2DModel`` cannot express are refused
+(:class:`~minildm.interop.layers.InteropError`):
 
-- GroupNorm: minildm gives each layer gcd(32, channels) groups, diffusers one count for all;
-  they agree when every layer gets the same count (base channels a multiple of 32);
 - attention heads: minildm narrows heads below ``head_channels`` where a level has fewer
-  channels; diffusers cannot.
-
-A conditional UNet (cross-attention to tokens) has no ``UNet2DModel`` counterpart either.
+  channels; diffusers cannot;
+- a conditional UNet (cross-attention to tokens): ``UNet2DModel`` is unconditional.
 """
 
 from __future__ import annotations
-
-import math
 
 from torch import nn
 
 from minildm.interop.layers import InteropError, Link, copy_from_diffusers, copy_to_diffusers, links_of, \
     one_group_count, require_diffusers
-from minildm.nn import MAX_GROUPS
 from minildm.unet import UNet, UNetConfig
 
 
@@ -38,7 +34,6 @@ def check_unet_exportable(config: UNetConfig) -> None:
     if narrow:
         raise InteropError(f"minildm narrows attention heads below head_channels {config.head_channels} at "
                            f"{narrow[0]} channels; UNet2DModel cannot")
-    one_group_count(lambda: UNet(config), "the UNet's", "UNet2DModel takes")
 
 
 def diffusers_unet_config(config: UNetConfig, *, sample_size: int | None = None) -> dict:
@@ -47,7 +42,7 @@ def diffusers_unet_config(config: UNetConfig, *, sample_size: int | None = None)
     check_unet_exportable(config)
     levels = range(len(config.channel_mult))
     attention = [level in config.attention_levels for level in levels]
-    groups = math.gcd(MAX_GROUPS, config.base_channels)
+    groups = one_group_count(lambda: UNet(config), "the UNet's", "UNet2DModel takes")
     return dict(
         sample_size=sample_size,
         in_channels=config.in_channels,

@@ -141,14 +141,13 @@ def copy_from_diffusers(links: list[Link]) -> None:
 
 
 def one_group_count(build: Callable[[], nn.Module], what: str, theirs: str) -> int:
-    """The one group count of a model's GroupNorm layers; a model whose layers have different
-    counts is refused in one line. minildm gives each layer gcd(32, channels) groups
-    (:func:`minildm.nn.normalization`); diffusers' models (``theirs``) take one ``norm_num_groups``
-    for every layer. ``build`` makes the model on the meta device: shapes without memory or compute."""
+    """The one group count of a model's GroupNorm layers, which diffusers' models (``theirs``)
+    take as ``norm_num_groups`` for every layer. minildm's networks give all their layers one
+    count (:func:`minildm.nn.norm_groups`); a model whose layers have different counts is refused
+    in one line. ``build`` makes the model on the meta device: shapes without memory or compute."""
     with torch.device("meta"):
         module = build()
     groups = {layer.num_groups for layer in module.modules() if isinstance(layer, nn.GroupNorm)}
     if len(groups) > 1:
-        raise InteropError(f"{what} GroupNorm layers have {sorted(groups)} groups (gcd(32, channels) each); "
-                           f"{theirs} one count for all: use base channels that are a multiple of 32")
+        raise InteropError(f"{what} GroupNorm layers have {sorted(groups)} groups; {theirs} one count for all")
     return groups.pop()
