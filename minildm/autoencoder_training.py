@@ -160,7 +160,7 @@ def load_autoencoder(run_dir: str | Path, device: str | torch.device = "cpu") ->
     try:
         losses.LossConfig.from_dict(run_config["loss"], "loss")
         autoencoder = build_autoencoder(AutoencoderConfig.from_dict(run_config["autoencoder"], "autoencoder"))
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, ArithmeticError, RuntimeError) as error:  # sizes no model can have
         raise ckpt.CheckpointError(f"{run_dir / 'config.json'} does not describe an autoencoder this version can "
                                    f"build: {error}") from None
     tensors, _ = ckpt.load(run_dir / "weights.safetensors")

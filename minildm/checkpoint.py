@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from minildm import __version__
-from minildm.config import MinildmError
+from minildm.config import MinildmError, shown
 
 
 FILE_FORMAT = 1  # raised when a file of this minildm could not be read by an older one
@@ -30,6 +30,10 @@ WRITER = f"minildm {__version__}, file format {FILE_FORMAT}"
 
 class CheckpointError(MinildmError):
     """A checkpoint that is missing, damaged, made for another configuration or by a newer minildm."""
+
+
+class UnrecordedData(CheckpointError):
+    """A run folder that does not record the data it was trained on (a run trained from Python)."""
 
 
 def save_atomic(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> Path:
@@ -51,6 +55,7 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     temporary = temporary_path(path)
     try:
         yield temporary
+        os.chmod(temporary, 0o666 & ~current_umask())  # as open() makes files: readable by the group, if the umask says
         with open(temporary, "rb+") as written:
             os.fsync(written.fileno())  # on disk before the rename, so a power cut cannot leave half
         os.replace(temporary, path)
@@ -58,6 +63,13 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         raise CheckpointError(f"cannot write {path}: {error.strerror or error}") from None
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    """The process's umask (set and put back: the system only reports it by replacing it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -119,7 +131,7 @@ def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         with safe_open(str(path), framework="pt") as handle:
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
             metadata = {key: json.loads(value) for key, value in (handle.metadata() or {}).items()}
-    except (SafetensorError, OSError, ValueError) as error:
+    except (SafetensorError, OSError, ValueError, RecursionError) as error:
         raise CheckpointError(f"{path} is damaged ({error})") from None
     if "written_by" not in metadata:
         raise CheckpointError(f"{path} has no written_by stamp: minildm did not write it")
@@ -141,26 +153,58 @@ def read_run_config(run_dir: Path, stage: str, kind: str, keys: tuple[str, ...])
         raise CheckpointError(f"{run_dir} is not {kind} run folder (no config.json)")
     run_config = _read_json(config_path)
     if run_config.get("stage") != stage:
-        raise CheckpointError(f"{run_dir} holds a {run_config.get('stage')!r} run, not {kind}")
+        raise CheckpointError(f"{run_dir} holds a {shown(run_config.get('stage'))} run, not {kind}")
     unknown = sorted(set(run_config) - set(keys))
     missing = [key for key in keys if key not in run_config]
     if unknown or missing:
-        problem = f"unknown key {unknown[0]!r}" if unknown else f"missing key {missing[0]!r}"
+        problem = f"unknown key {shown(unknown[0])}" if unknown else f"missing key {missing[0]!r}"
         raise CheckpointError(f"{config_path} does not describe {kind} this version can read: {problem}")
     return run_config
 
 
+TRAINING_DATA = {  # what ``data`` in a run folder's config.json holds: a string, or a whole number's bounds
+    "dataset": str, "resolution": (8, 1024), "start": (0, None), "n": (1, None), "split": str, "seed": (0, None)}
+
+
 def read_training_data(run_dir: Path) -> dict:
     """What a run folder was trained on (``data`` in its ``config.json``: dataset, resolution,
-    start, n, split, seed), as the command line records it."""
+    start, n, split, seed), as the command line records it; each value is checked against
+    :data:`TRAINING_DATA`, a wrong one refused in one line that names it."""
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{run_dir} is not a run folder (no config.json)")
     seen = _read_json(config_path).get("data", {})
+    if not isinstance(seen, dict):
+        raise CheckpointError(f"{config_path}: data must be a JSON object, got {shown(seen)}")
     if "dataset" not in seen:
-        raise CheckpointError(f"{run_dir} does not record the data it was trained on (a run trained from Python "
-                              f"without data_description, as the notebooks do); train it with the command line")
+        raise UnrecordedData(f"{run_dir} does not record the data it was trained on (a run trained from Python "
+                             f"without data_description, as the notebooks do); train it with the command line")
+    _check_training_data(seen, config_path)
     return seen
+
+
+def _check_training_data(seen: dict, config_path: Path) -> None:
+    """Refuse a ``data`` section with other keys than :data:`TRAINING_DATA`, or a value of
+    another type or below its least value, in one line that names it."""
+    unknown = sorted(set(seen) - set(TRAINING_DATA))
+    missing = [key for key in TRAINING_DATA if key not in seen]
+    if unknown or missing:
+        problem = f"an unknown key {shown(unknown[0])}" if unknown else f"no key {missing[0]!r}"
+        raise CheckpointError(f"{config_path}: data has {problem}")
+    for key, expected in TRAINING_DATA.items():
+        value = seen[key]
+        if expected is str and not isinstance(value, str):
+            raise CheckpointError(f"{config_path}: data.{key} must be a string, got {shown(value)}")
+        if expected is not str and not _whole_number_within(value, *expected):
+            least, most = expected
+            bounds = f"of {least} or more" if most is None else f"from {least} to {most}"
+            raise CheckpointError(f"{config_path}: data.{key} must be a whole number {bounds}, got {shown(value)}")
+
+
+def _whole_number_within(value, least: int, most: int | None) -> bool:
+    """Whether ``value`` is an int (a bool is not) from ``least`` to ``most`` (None: no bound)."""
+    return (isinstance(value, int) and not isinstance(value, bool) and value >= least
+            and (most is None or value <= most))
 
 
 def write_run_config(run_dir: Path, run_config: dict) -> None:
@@ -182,10 +226,13 @@ def write_run_config(run_dir: Path, run_config: dict) -> None:
 
 
 def _read_json(path: Path) -> dict:
+    """A JSON file that must hold an object, refused in one line when it does not or cannot be read."""
     try:
         values = json.loads(path.read_text())
     except (ValueError, OSError) as error:
         raise CheckpointError(f"{path} is damaged ({error})") from None
+    except RecursionError:  # lists or objects nested thousands deep
+        raise CheckpointError(f"{path} is damaged (nested too deeply to read)") from None
     if not isinstance(values, dict):
         raise CheckpointError(f"{path} is damaged (not a JSON object)")
     return values

@@ -18,7 +18,10 @@ holds :class:`SavedConfig`, the base of every configuration a run folder's ``con
 
 from __future__ import annotations
 
+import math
 import os
+import reprlib
+import types
 import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -215,9 +218,9 @@ def checkout_root() -> Path | None:
 def data_dir() -> Path:
     """Where prepared data, weights and the judge are cached: ``MINILDM_DATA_DIR``, else the
     checkout's ``data/``, else (an installed package) the user's cache folder,
-    ``$XDG_CACHE_HOME/minildm`` or ``~/.cache/minildm``."""
+    ``$XDG_CACHE_HOME/minildm`` or ``~/.cache/minildm``. A leading ``~`` is the home folder."""
     if os.environ.get(DATA_DIR_ENV):
-        return Path(os.environ[DATA_DIR_ENV])
+        return Path(os.environ[DATA_DIR_ENV]).expanduser()
     root = checkout_root()
     if root is not None:
         return root / "data"
@@ -252,25 +255,75 @@ class SavedConfig:
 
     @classmethod
     def from_dict(cls: type[C], values: dict, where: str | None = None) -> C:
-        """Build from ``to_dict``'s output (read back from JSON). An unknown or a missing key
-        raises a ValueError that names it; nested configs are built the same way, and JSON
-        lists become tuples where the field is a tuple. ``where`` names the section."""
-        where = where or cls.__name__
-        if not isinstance(values, dict):
-            raise ValueError(f"{where} should be a mapping, got {type(values).__name__}")
-        names = [field.name for field in fields(cls)]
-        unknown = sorted(set(values) - set(names))
-        missing = [name for name in names if name not in values]
-        if unknown or missing:
-            problem = f"unknown key {unknown[0]!r}" if unknown else f"missing key {missing[0]!r}"
-            raise ValueError(f"{problem} in {where}")
-        hints = typing.get_type_hints(cls)
-        built = {}
-        for name in names:
-            value, hint = values[name], hints[name]
-            if isinstance(hint, type) and issubclass(hint, SavedConfig):
-                value = hint.from_dict(value, f"{where}.{name}")
-            elif typing.get_origin(hint) is tuple and isinstance(value, list):
-                value = tuple(value)
-            built[name] = value
+        """Build from ``to_dict``'s output (read back from JSON), checking every value at every
+        depth against the field's type (:func:`saved_value`). A wrong type, an unknown or a missing
+        key, or a value the config refuses raises a ValueError that names its path, e.g.
+        ``autoencoder.factor``; ``where`` names the section (default: the class)."""
+        return saved_value(values, cls, where or cls.__name__)
+
+
+def saved_value(value, hint, where: str):
+    """``value``, read back from JSON, as the annotation ``hint`` asks: a SavedConfig from a JSON
+    object, a tuple or list from a JSON list, None where the hint is optional; int, float, str and
+    bool checked (a bool is no number, a float is finite, a whole number is 0 or more: each counts
+    or sizes something). Else a ValueError naming ``where``."""
+    arguments = typing.get_args(hint)
+    if isinstance(hint, type) and issubclass(hint, SavedConfig):
+        return _saved_config(value, hint, where)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in arguments:
+            return None
+        (hint,) = [argument for argument in arguments if argument is not type(None)]
+        return saved_value(value, hint, where)
+    if typing.get_origin(hint) in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where} must be a list, got {shown(value)}")
+        items = [saved_value(item, arguments[0], f"{where}[{index}]") for index, item in enumerate(value)]
+        return typing.get_origin(hint)(items)
+    expected, fits = _SCALARS[hint]
+    if not fits(value):
+        raise ValueError(f"{where} must be {expected}, got {shown(value)}")
+    return float(value) if hint is float else value
+
+
+def _saved_config(values, cls: type[C], where: str) -> C:
+    """A SavedConfig from a JSON object with exactly its fields; what its ``__post_init__``
+    refuses is reported under ``where``."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where} must be a JSON object, got {shown(values)}")
+    names = [field.name for field in fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    missing = [name for name in names if name not in values]
+    if unknown or missing:
+        problem = f"unknown key {shown(unknown[0])}" if unknown else f"missing key {missing[0]!r}"
+        raise ValueError(f"{problem} in {where}")
+    hints = typing.get_type_hints(cls)
+    built = {name: saved_value(values[name], hints[name], f"{where}.{name}") for name in names}
+    try:
         return cls(**built)
+    except (ValueError, MinildmError) as error:
+        raise ValueError(f"{where}: {error}") from None
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond any float
+        return False
+
+
+_SCALARS = {  # a JSON value's type: (what the message says, the check)
+    bool: ("true or false", lambda value: isinstance(value, bool)),
+    int: ("a whole number of 0 or more", lambda value: isinstance(value, int) and not isinstance(value, bool)
+          and value >= 0),
+    float: ("a finite number",
+            lambda value: isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)),
+    str: ("a string", lambda value: isinstance(value, str)),
+}
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 3, 3, 40, 40
+
+
+def shown(value) -> str:
+    """``value`` for a one-line message: its repr, cut short (a long string, a deeply nested list)."""
+    return _SHORT.repr(value)

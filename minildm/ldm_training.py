@@ -212,7 +212,7 @@ def load_ldm(run_dir: str | Path, device: str | torch.device = "cpu") -> LatentD
     run_config = ckpt.read_run_config(run_dir, "ldm", "a latent diffusion model", RUN_CONFIG_KEYS)
     try:
         model = LatentDiffusion(LDMConfig.from_dict(run_config["model"], "model"))
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, ArithmeticError, RuntimeError) as error:  # sizes no model can have
         raise ckpt.CheckpointError(f"{run_dir / 'config.json'} does not describe a model this version can build: "
                                    f"{error}") from None
     weights_path = run_dir / "weights.safetensors"

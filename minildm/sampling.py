@@ -257,6 +257,15 @@ class SamplerOptions:
     spacing: str = "linspace"
     progress: bool = False
 
+    @property
+    def description(self) -> str:
+        """E.g. ``DDIM, 50 steps, eta 0``, for the records of a result."""
+        if self.sampler == "ddpm":
+            return "DDPM, all T steps"
+        if self.sampler == "dpm++2m":
+            return f"DPM-Solver++(2M), {self.steps} steps"
+        return f"DDIM, {self.steps} steps, eta {self.eta:g}"
+
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}")

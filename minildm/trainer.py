@@ -9,6 +9,7 @@ and a function that turns a batch into one loss per optimiser. The trainer does 
 - an exponential moving average (EMA) of one module's weights, used for figures and the
   exported weights only; the optimiser never sees it;
 - a progress bar with the losses, figures every ``figure_every`` steps;
+- on a CPU, torch's threads fitted to the cores other processes leave free (:mod:`minildm.threads`);
 - checkpoints (weights, EMA, optimiser states, random-number generators, loss history) in
   one safetensors file written atomically, every ``checkpoint_every`` steps or
   ``checkpoint_minutes`` minutes, so a run resumes exactly where it stopped, even after
@@ -35,6 +36,7 @@ from tqdm import tqdm
 
 from minildm import checkpoint as ckpt
 from minildm import distributed
+from minildm.threads import ThreadFitter
 from minildm.config import MinildmError
 from minildm.viz import save_grid
 
@@ -185,14 +187,20 @@ class Trainer:
             ckpt.write_run_config(self.run_dir, self.run_config)
         if resume and self.checkpoint_path.exists():
             self.load_checkpoint()
+            if self.step > self.config.steps:  # returning it would pass a longer-trained model off as this one
+                raise TrainingError(f"{self.run_dir} already holds a run trained for {self.step} steps, more than "
+                                    f"the {self.config.steps} asked for: ask for {self.step} or more, or train "
+                                    "into another folder")
         first_step = self.step
         show = self.progress and self.world.is_main
         if show:
             print(batch_summary(self.config, self.world))
         with tqdm(total=self.config.steps, initial=self.step, desc="training", disable=not show) as bar, \
                 ctrl_c_finishes_the_step(self):  # the bar is closed before any error is printed
+            threads = ThreadFitter(self.device)
             while self.step < self.config.steps:
                 logs = self.train_step()
+                threads.update()
                 bar.update()
                 bar.set_postfix({k: f"{v:.4g}" for k, v in list(logs.items())[:4]})
                 self._after_step()
@@ -213,7 +221,7 @@ class Trainer:
         totals: dict[str, float] = {}
         accumulate = self.config.accumulate
         for micro in range(self.world.rank * accumulate, (self.world.rank + 1) * accumulate):
-            torch.manual_seed((self.config.seed * 1_000_003 + self.step) * 1_009 + micro)
+            torch.manual_seed(((self.config.seed * 1_000_003 + self.step) * 1_009 + micro) % 2**64)  # torch's range
             with torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
                                 enabled=self.autocast is not None):
                 losses, logs = self.loss_fn(self.batch(self.step, micro), self.step)
@@ -251,7 +259,7 @@ class Trainer:
         rows = torch.empty(size, dtype=torch.int64)
         for epoch in epochs.unique().tolist():
             order = torch.randperm(self.size, generator=torch.Generator().manual_seed(
-                self.config.seed * 1_000_003 + epoch))
+                (self.config.seed * 1_000_003 + epoch) % 2**64))
             chosen = epochs == epoch
             rows[chosen] = order[offsets[chosen]]
         return {name: values[rows].to(self.device) for name, values in self.data.items()}

@@ -8,6 +8,7 @@ Adding a case is adding a line to :data:`CASES`; ``{ae}``, ``{ldm}``, ``{text}``
 module fixture makes."""
 
 import errno
+import json
 import os
 import shlex
 import shutil
@@ -34,8 +35,13 @@ CASES = [
     ("data --dataset celeba-hq --n 8", "cannot reach the Hugging Face hub"),
     ("data --dataset toyfaces --n 4 --grid {tmp}/grid.jpg", "must name a .png file"),
     ("data --dataset toyfaces --n 4 --grid {readonly}/grid.png", "cannot write in"),
-    ("data --seed x", "invalid int value"),
+    ("data --seed x", "expected a seed from 0 to 2**63 - 1, got 'x'"),
     ("data --profile huge", "invalid choice"),
+    ("data --seed -1", "expected a seed from 0 to 2**63 - 1, got '-1'"),
+    ("data --seed 100000000000000000000000", "expected a seed from 0 to 2**63 - 1"),
+    ("data --dataset toyfaces --n 1000000000000", "would need about"),
+    ("data --dataset {one} --grid {one}/grid.png", "inside the data set's folder"),
+    ("data --dataset {one} --attributes {face}", "is not a CelebA attribute file: it is not text"),
     # train-ae
     ("train-ae --out {out} --factor 3", "invalid choice"),
     ("train-ae --out {out} --resolution 30", "not a multiple of the factor 4"),
@@ -48,6 +54,10 @@ CASES = [
     ("train-ae --out {file}", "is a file"),
     ("train-ae --out {readonly}/ae", "cannot write in"),
     ("train-ae", "the following arguments are required: --out"),
+    ("train-ae --out {out} --base-channels 100000", "would need about"),
+    ("train-ae --out {one}/run --dataset {one}", "inside the data set's folder"),
+    ("train-ae --out {one} --dataset {one}", "inside the data set's folder"),
+    ("train-ae --out {ae} --n 32 --steps 1", "already holds a run trained for 2 steps"),
     # train-ldm
     ("train-ldm --ae {tmp}/missing --out {out}", "no config.json"),
     ("train-ldm --ae {ldm} --out {out}", "not an autoencoder"),
@@ -57,6 +67,9 @@ CASES = [
     ("train-ldm --ae {ae} --out {out} --n 0", "expected a positive integer"),
     ("train-ldm --ae {ae} --out {out} --cond words", "invalid choice"),
     ("train-ldm --ae {ae} --out {ae}", "holds a run with another configuration"),
+    ("train-ldm --ae {ae} --out {out} --cond attributes --attributes Smiling,Smiling", "Smiling given more than once"),
+    ("train-ldm --ae {ae} --out {ldm} --steps 1", "already holds a run trained for 2 steps"),
+    ("train-ldm --ae {badae} --out {out}", "data.n must be a whole number of 1 or more, got '32'"),
     # sample
     ("sample --ldm {ldm} --out {tmp}/s.png --steps 5000", "steps must be between 1 and 1000"),
     ("sample --ldm {ldm} --out {tmp}/s.png --steps 0", "expected a positive integer"),
@@ -76,11 +89,18 @@ CASES = [
     ("sample --ldm {inpaint} --out {tmp}/s.png --inpaint {file}", "cannot read"),
     ("sample --ldm {inpaint} --out {tmp}/s.png --inpaint {face} --mask {small_mask}", "a mask of the image's size"),
     ("sample --ldm {ldm} --out {readonly}/s.png", "cannot write in"),
+    ("sample --ldm {ldm} --out {tmp}/s.png --n 1000000000", "would need about"),
+    ("sample --ldm {text} --out {tmp}/s.png --prompt 'smiling' --guidance 1e308", "at most 50"),
+    ("sample --ldm {text} --out {tmp}/s.png --prompt '\U0001F600'", "empty request"),
+    ("sample --ldm {inpaint} --out {tmp}/s.png --inpaint {fifo} --mask {face}", "is not a regular file"),
+    ("sample --ldm {badldm} --out {tmp}/s.png", "model.unet.channel_mult[1] must be a whole number"),
     # evaluate
     ("evaluate --ae {ae} --n 0", "expected a positive integer"),
     ("evaluate --ae {tmp}/none", "no config.json"),
     ("evaluate --ldm {ae}", "not a latent diffusion model"),
     ("evaluate", "one of the arguments --ae --ldm is required"),
+    ("evaluate --ae {ae} --n 1000000000", "would need about"),
+    ("evaluate --ae {badae}", "badae/config.json: data.n must be a whole number of 1 or more, got '32'"),
     # bench
     ("bench --resolutions 32,36", "resolution 36 does not suit f = 4"),
     ("bench --resolutions abc", "expected comma-separated integers"),
@@ -88,11 +108,15 @@ CASES = [
     ("bench --batch 0", "expected a positive integer"),
     ("bench --repeats 0", "expected a positive integer"),
     ("bench --warmup -1", "expected an integer of 0 or more"),
+    ("bench --resolutions 0", "resolution 0 does not suit"),
+    ("bench --batch 1000000000", "would need about"),
     # export, import-ae
     ("export --ldm {text} --out {out}", "not exported"),
     ("export --ldm {ae} --out {out}", "not a latent diffusion model"),
     ("export --ldm {ldm} --out {file}", "is a file"),
     ("import-ae --diffusers {tmp}/no-vae --out {out}", "no-vae"),
+    ("export --ldm {ldm} --out {out} --resolution 100000", "more than 8 times"),
+    ("export --ldm {badldm} --out {out}", "model.unet.channel_mult[1] must be a whole number"),
     # course
     ("course grade {tmp}/no-submissions --out {out}", "no-submissions"),
     ("course grade {empty} --out {out} --jobs 0", "expected a positive integer"),
@@ -114,19 +138,33 @@ def make_paths(tmp: Path, common: list[str]) -> dict[str, Path]:
     for name, extra in (("ldm", []), ("text", ["--cond", "text"]), ("inpaint", ["--cond", "inpaint"])):
         assert main(["train-ldm", *common, "--ae", str(tmp / "ae"), "--steps", "2", "--out", str(tmp / name),
                      *extra]) == 0
+    spoiled_copy(tmp / "ae", tmp / "badae", ["data", "n"], "32")  # config.json with a wrong type
+    spoiled_copy(tmp / "ldm", tmp / "badldm", ["model", "unet", "channel_mult"], [1, "2"])
     (tmp / "file.txt").write_text("not an image")
     (tmp / "empty").mkdir()
     (tmp / "one").mkdir()
     Image.new("RGB", (40, 40)).save(tmp / "one" / "only.png")
     Image.new("RGB", (32, 32), (200, 150, 120)).save(tmp / "face.png")
     Image.new("L", (16, 16), 255).save(tmp / "small_mask.png")
+    os.mkfifo(tmp / "pipe.png")  # reading it would wait for a writer forever
     readonly = tmp / "readonly"  # a folder nobody may write into; root may write anywhere but /sys
     readonly.mkdir()
     readonly.chmod(0o555)
     return {"tmp": tmp, "ae": tmp / "ae", "ldm": tmp / "ldm", "text": tmp / "text", "inpaint": tmp / "inpaint",
             "file": tmp / "file.txt", "empty": tmp / "empty", "one": tmp / "one", "face": tmp / "face.png",
             "small_mask": tmp / "small_mask.png", "readonly": Path("/sys") if os.geteuid() == 0 else readonly,
-            "out": tmp / "out"}
+            "out": tmp / "out", "fifo": tmp / "pipe.png", "badae": tmp / "badae", "badldm": tmp / "badldm"}
+
+
+def spoiled_copy(source: Path, target: Path, key_path: list[str], value) -> None:
+    """A copy of the run folder ``source`` whose config.json holds ``value`` at ``key_path``."""
+    shutil.copytree(source, target)
+    config = json.loads((target / "config.json").read_text())
+    section = config
+    for key in key_path[:-1]:
+        section = section[key]
+    section[key_path[-1]] = value
+    (target / "config.json").write_text(json.dumps(config))
 
 
 def visible_lines(text: str) -> list[str]:

@@ -9,7 +9,7 @@ import sys
 import pytest
 from PIL import Image
 
-from minildm.app import cli
+from minildm.app import evaluate_command
 from minildm.app.cli import main
 from minildm.config import data_dir
 from minildm.evaluation.judge import OUTPUTS, AttributeClassifier, ToyFaceJudge
@@ -215,7 +215,7 @@ def test_conditional_models_from_the_command_line(tmp_path, capsys, monkeypatch)
     assert metrics["n_images"] == 8 and metrics["factor"] == 4 and "psnr_bicubic" in metrics
 
     untrained = ToyFaceJudge(AttributeClassifier(len(OUTPUTS)), {})  # reads something: training it takes a minute
-    monkeypatch.setattr(cli, "load_judge", lambda: untrained)
+    monkeypatch.setattr(evaluate_command, "load_judge", lambda: untrained)
     assert main(["evaluate", *common, "--ldm", str(tmp_path / "attributes"), "--n", "32"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["n_samples"] == 32 and metrics["pairs"] == 320
@@ -243,3 +243,24 @@ def test_conditional_models_from_the_command_line(tmp_path, capsys, monkeypatch)
         assert main([*args, *common, "--out", str(grid)] if args[0] == "sample" else [*args, *common]) == 1
         stderr = capsys.readouterr().err
         assert stderr.startswith("minildm: error: ") and stderr.count("\n") == 1 and message in stderr, stderr
+
+
+def test_a_request_names_each_attribute_once_and_a_prompt_needs_a_word():
+    """``sample --attributes`` and ``--prompt`` (an attribute model is not among test_bad_input's runs)."""
+    import torch
+
+    from minildm.app.options import requested_condition
+    from minildm.conditioning import ConditioningConfig, WordTokenizer
+    from minildm.config import MinildmError
+
+    attributes = ConditioningConfig(kind="attributes", attribute_names=["Smiling", "Eyeglasses", "Bald"])
+    assert requested_condition(attributes, "Bald, Smiling").tolist() == [[True, False, True]]
+    with pytest.raises(MinildmError, match="attribute.s. Smiling given more than once in 'Smiling,Bald,Smiling'"):
+        requested_condition(attributes, "Smiling,Bald,Smiling")
+    text = ConditioningConfig(kind="text", vocabulary=["a", "face", "smiling"], max_length=4)
+    tokenizer = WordTokenizer(text.vocabulary)
+    assert torch.equal(requested_condition(text, "a smiling face \U0001F600"),
+                       tokenizer.encode(["a smiling face"], 4))  # symbols between the words are not words
+    for no_words in ("\U0001F600", "!? 42", "\u00e9\u00e9"):
+        with pytest.raises(MinildmError, match="empty request"):
+            requested_condition(text, no_words)

@@ -253,3 +253,50 @@ def test_the_forward_pass_runs_in_the_chosen_precision_and_the_weights_stay_fp32
     trainer.fit()
     assert seen == [torch.bfloat16 if precision == "bf16" else torch.float32] * 2
     assert model.weight.dtype is torch.float32 and model.weight.grad.dtype is torch.float32
+
+
+def test_a_finished_run_is_refused_for_fewer_steps_and_left_as_it_was(tmp_path):
+    make_trainer(tmp_path, steps=4).fit()
+    kept = (tmp_path / "checkpoint.safetensors").read_bytes()
+    with pytest.raises(TrainingError, match="already holds a run trained for 4 steps, more than the 2 asked for"):
+        make_trainer(tmp_path, steps=2).fit()
+    assert (tmp_path / "checkpoint.safetensors").read_bytes() == kept
+    assert len(make_trainer(tmp_path, steps=4).fit()) == 4  # as many steps as it holds: returned as it is
+
+
+def test_the_largest_seed_the_command_line_takes_trains_and_repeats(tmp_path):
+    """Seeds up to 2**63 - 1 are mixed with the step into torch's range, 0 to 2**64 - 1."""
+    def losses(run_dir) -> list[float]:
+        torch.manual_seed(0)  # the same initial weights
+        model = nn.Sequential(nn.Dropout(0.5), nn.Linear(3, 1))  # dropout draws from the step's seed
+
+        def loss_fn(batch, step):
+            loss = (model(batch["x"]).squeeze(1) - batch["y"]).pow(2).mean()
+            return {"model": loss}, {"loss": loss.item()}
+
+        trainer = Trainer(run_dir, {"model": model}, optimizers={"model": torch.optim.SGD(model.parameters(), lr=0.1)},
+                          loss_fn=loss_fn, data=DATA, config=TrainConfig(steps=3, batch_size=8, seed=2**63 - 1),
+                          run_config={}, progress=False)
+        return [row["loss"] for row in trainer.fit()]
+
+    first = losses(tmp_path / "a")
+    assert len(first) == 3 and losses(tmp_path / "b") == first
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_weights_checkpoints_and_caches_get_the_permissions_the_umask_gives(tmp_path, umask):
+    from minildm.data import cache
+
+    previous = os.umask(umask)
+    try:
+        weights = ckpt.save_atomic({"w": torch.zeros(2)}, tmp_path / "weights.safetensors")
+        with cache.streaming(tmp_path / "cache.safetensors") as writer:
+            writer.write(torch.zeros(2, 3, 4, 4, dtype=torch.uint8))
+            cached = writer.finish(tensors={}, metadata={})
+        opened = tmp_path / "opened.txt"
+        opened.write_text("made by open()")  # what the system gives a new file under this umask
+    finally:
+        os.umask(previous)
+    expected = 0o666 & ~umask
+    assert {path.name: path.stat().st_mode & 0o777 for path in (weights, cached, opened)} == {
+        "weights.safetensors": expected, "cache.safetensors": expected, "opened.txt": expected}

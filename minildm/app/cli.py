@@ -14,15 +14,15 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from minildm import checkpoint as ckpt
 from minildm import data, distributed, perceptual
+from minildm.autoencoder import build_autoencoder
 from minildm.autoencoder_training import AutoencoderTraining, load_autoencoder, train_autoencoder
 from minildm.conditioning import KINDS, TOKEN_KINDS
 from minildm.config import MinildmError, Profile, get_profile
 from minildm.app.course_commands import add_course
-from minildm.data.images import UNREADABLE_ERRORS, read_image
+from minildm.data.images import UNREADABLE_ERRORS, NotRegularFile, image_size, read_image
 from minildm.app.demo import run_demo
 from minildm.evaluation import bench
 from minildm.image_conditions import mask_from_image
@@ -30,9 +30,10 @@ from minildm.app.evaluate_command import add_evaluate
 from minildm.app.interop_commands import add_export, add_import_ae
 from minildm.ldm import DEFAULT_GUIDANCE, LatentDiffusion
 from minildm.ldm_training import LDMTraining, load_ldm, train_ldm
-from minildm.app.options import (Parser, command, data_options, guidance_scale, integer_list, load_data,
-                                 load_seen, load_training_data, non_negative_integer, output_folder, png_file,
-                                 positive_integer, requested_condition, unit_interval)
+from minildm.app.options import (Parser, attribute_list, check_memory, command, data_options, guidance_scale,
+                                 image_bytes, integer_list, load_data, load_seen, load_training_data,
+                                 non_negative_integer, output_folder, png_file, positive_integer,
+                                 requested_condition, training_bytes, unit_interval)
 from minildm.recipes import autoencoder_config, condition_tensor, conditioning_config
 from minildm.sampling import SamplerOptions
 from minildm.trainer import PRECISIONS
@@ -137,13 +138,15 @@ def run_train_ae(args: argparse.Namespace, profile: Profile) -> None:
     if resolution % args.factor:
         raise MinildmError(f"resolution {resolution} is not a multiple of the factor {args.factor}: "
                            f"the autoencoder halves the image {args.factor.bit_length() - 1} times")
-    train = load_training_data(args, profile)
-    print(data.describe(train).splitlines()[0])
     try:
         config = autoencoder_config(profile, factor=args.factor, reg=args.reg, base_channels=args.base_channels,
                                     patch_size=args.patch_size)
     except ValueError as error:
         raise MinildmError(str(error)) from None
+    check_memory(training_bytes(lambda: build_autoencoder(config)),
+                 f"training an autoencoder of {config.base_channels} base channels", profile.device)
+    train = load_training_data(args, profile)
+    print(data.describe(train).splitlines()[0])
     description = {"dataset": args.dataset, "resolution": train.resolution,
                    "start": args.start, "n": len(train), "split": args.split, "seed": args.seed}
     started = time.perf_counter()
@@ -183,7 +186,7 @@ def run_train_ldm(args: argparse.Namespace, profile: Profile) -> None:
     print(data.describe(train).splitlines()[0])
     conditioning, conditions = None, None
     if args.cond != "none":
-        names = args.attributes.split(",") if args.attributes else None
+        names = attribute_list(args.attributes) if args.attributes else None
         conditioning = conditioning_config(args.cond, train, attributes=names)
         if args.cond in TOKEN_KINDS:
             conditions = condition_tensor(conditioning, train)
@@ -229,6 +232,8 @@ def add_sample(commands) -> None:
 def run_sample(args: argparse.Namespace, profile: Profile) -> None:
     model = load_ldm(args.ldm, profile.device)
     resolution = ckpt.read_training_data(args.ldm)["resolution"]
+    check_memory(_sampling_bytes(model, args.n, resolution), f"sampling {args.n:,} images of {resolution} px",
+                 profile.device)
     started = time.perf_counter()
     try:
         shown, images = _draw(args, model, resolution)
@@ -238,6 +243,14 @@ def run_sample(args: argparse.Namespace, profile: Profile) -> None:
     print(f"{args.n} samples in {seconds:.1f} s ({args.sampler}, "
           f"{model.diffusion.timesteps if args.sampler == 'ddpm' else args.steps} steps): "
           f"{save_grid(torch.cat([shown, images.cpu()]), args.out, scale=2)}")
+
+
+def _sampling_bytes(model: LatentDiffusion, n: int, resolution: int) -> int:
+    """Memory of one sampling batch of ``n``, float32: its latents four times over (x_t, x_0 and
+    the UNet's outputs for the conditioned and the null batch) and its decoded images; the
+    networks' activations come on top, so this is a lower bound."""
+    channels, height, width = model.latent_shape(resolution)
+    return 4 * n * channels * height * width * 4 + image_bytes(n, resolution, bytes_per_value=4)
 
 
 def _draw(args: argparse.Namespace, model: LatentDiffusion, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,7 +293,7 @@ def _token_condition(args: argparse.Namespace, model: LatentDiffusion) -> torch.
 
 def _check_same_size(image: Path, mask: Path) -> None:
     """A mask must cover its image pixel for pixel: a mask of another size would be stretched."""
-    sizes = [Image.open(path).size for path in (image, mask)]
+    sizes = [image_size(path) for path in (image, mask)]
     if sizes[0] != sizes[1]:
         raise MinildmError(f"the mask {mask} is {sizes[1][0]} x {sizes[1][1]} px and the image {image} "
                            f"{sizes[0][0]} x {sizes[0][1]} px: give a mask of the image's size")
@@ -294,6 +307,9 @@ def _read_image(path: Path | None, option: str, resolution: int) -> torch.Tensor
         return read_image(path, resolution)
     except FileNotFoundError:
         raise MinildmError(f"{option}: no such file: {path}") from None
+    except NotRegularFile:
+        raise MinildmError(f"{option}: {path} is not a regular file (a folder, FIFO or device): "
+                           "give an image file") from None
     except UNREADABLE_ERRORS as error:
         raise MinildmError(f"{option}: cannot read {path} as an image ({type(error).__name__})") from None
 
@@ -320,6 +336,9 @@ def run_bench(args: argparse.Namespace, profile: Profile) -> None:
     if min(args.batch, args.repeats, args.steps) < 1 or args.warmup < 0:
         raise MinildmError("--batch, --repeats and --steps must be at least 1, --warmup at least 0")
     bench.check_sizes(args.resolutions, args.factors, profile)
+    largest = max(args.resolutions)  # each case makes a batch of random float32 images and latents (f = 1: as large)
+    check_memory(2 * image_bytes(args.batch, largest, bytes_per_value=4),
+                 f"a batch of {args.batch:,} images of {largest} px", profile.device)
     header = bench.report_header(profile, args.batch, args.repeats)
     print(header)
     results = bench.run_bench(profile, args.resolutions, args.factors, progress=print, batch_size=args.batch,

@@ -13,7 +13,7 @@ import torch
 
 from minildm import checkpoint as ckpt
 from minildm import data
-from minildm.app.options import command, floor_images, load_seen, positive_integer
+from minildm.app.options import check_memory, command, floor_images, image_bytes, load_seen, positive_integer
 from minildm.autoencoder_training import load_autoencoder
 from minildm.config import MinildmError, Profile
 from minildm.data.sources import DataError
@@ -37,9 +37,12 @@ def run_evaluate(args: argparse.Namespace, profile: Profile) -> None:
     run_dir = args.ae or args.ldm
     model = load_autoencoder(run_dir, profile.device) if args.ae else load_ldm(run_dir, profile.device)
     seen = ckpt.read_training_data(run_dir)  # loading first: a wrong folder gets the model's own message
+    n = args.n or (profile.n_holdout if args.ae else profile.fid_images)
+    # the held-out images (uint8) and as many samples, which the conditional scores keep as float32
+    check_memory(image_bytes(n, seen["resolution"], bytes_per_value=1 + 4),
+                 f"evaluating on {n:,} images of {seen['resolution']} px")
     try:
-        held_out = load_seen(seen, args.n or (profile.n_holdout if args.ae else profile.fid_images),
-                              seen["start"] + seen["n"])
+        held_out = load_seen(seen, n, seen["start"] + seen["n"])
     except DataError:
         raise MinildmError(f"no held-out images in {seen['dataset']} after the {seen['n']} that {run_dir} "
                            "trained on: train on fewer with --n") from None

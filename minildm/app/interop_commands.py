@@ -8,10 +8,11 @@ import argparse
 from pathlib import Path
 
 from minildm import data
-from minildm.config import Profile
+from minildm.config import MinildmError, Profile
 from minildm.interop.diffusers_autoencoder import autoencoder_from_diffusers
-from minildm.interop.export import encoder_matches, save_pipeline
+from minildm.interop.export import encoder_matches, recorded_resolution, save_pipeline
 from minildm.interop.import_ae import MEASURED_IMAGES, read_diffusers_autoencoder, write_autoencoder_run
+from minildm.interop.layers import InteropError
 from minildm.ldm_training import load_ldm
 from minildm.app.options import command, data_options, load_data, output_folder, positive_integer
 
@@ -26,14 +27,31 @@ def add_export(commands) -> None:
                         help="folder for model_index.json, vqvae/, unet/ and scheduler/")
 
 
+MAX_UPSCALE = 8  # a pipeline may sample at most 8 times the side the run was trained at
+
+
 def run_export(args: argparse.Namespace, profile: Profile) -> None:
     model = load_ldm(args.ldm)
+    if args.resolution is not None:
+        _check_resolution(args.ldm, args.resolution)
     out = save_pipeline(model, args.ldm, args.out, resolution=args.resolution)
     encoder = ("its encoder too (it pads its downsampling the diffusers way)" if encoder_matches(model)
                else "its encoder downsamples the diffusers way, not minildm's")
     print(f"LDMPipeline written to {out}; load it with diffusers.DiffusionPipeline.from_pretrained({str(out)!r}). "
           f"Its vqvae decodes as minildm does; {encoder}. It samples what minildm's sample --spacing leading "
           f"does with the same noise")
+
+
+def _check_resolution(run_dir: Path, resolution: int) -> None:
+    """Refuse a pipeline resolution beyond :data:`MAX_UPSCALE` times the one the run was trained
+    at, when the run folder records it."""
+    try:
+        trained = recorded_resolution(run_dir)
+    except InteropError:  # a run trained from Python: nothing to compare with
+        return
+    if resolution > MAX_UPSCALE * trained:
+        raise MinildmError(f"--resolution {resolution} is more than {MAX_UPSCALE} times the {trained} px "
+                           f"{run_dir} was trained at: give at most {MAX_UPSCALE * trained}")
 
 
 def add_import_ae(commands) -> None:

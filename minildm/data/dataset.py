@@ -12,9 +12,11 @@ Sources, named by the ``dataset`` argument:
   parquet files in the hub's layout.
 
 Every image is brought to RGB, cropped to its central square and resized with an
-antialiasing filter (:mod:`minildm.data.images`). The prepared uint8 tensors are cached under
-``data/cache`` keyed by source, resolution, ``start`` and ``n``, so the second load is
-instant; the images of a source are written there chunk by chunk as they are prepared, and
+antialiasing filter (:mod:`minildm.data.images`). ``start`` and ``n`` count usable images, so
+that ``start=n`` begins right after the images that ``n`` took, however many files were skipped.
+The prepared uint8 tensors are cached under ``data/cache`` keyed by source (for a local folder,
+the size and modification time of each file in it), resolution, ``start`` and ``n``, so the
+second load is instant; the images of a source are written there chunk by chunk as they are prepared, and
 read back memory-mapped (:mod:`minildm.data.cache`), so that no request, however large, is
 held in memory whole. Unreadable files are skipped and counted, never fatal.
 """
@@ -25,7 +27,7 @@ import hashlib
 import re
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +43,8 @@ from minildm.data.sources import HUB_DATASETS, OFFLINE_HINT, DataError, read_cel
 __all__ = ["HUB_DATASETS", "DataError", "ImageDataset", "describe", "load_images", "random_flip",
            "read_celeba_attributes"]
 
-CACHE_VERSION = 3  # part of every cache file name; raised when the prepared data changes (3: EXIF orientation)
+CACHE_VERSION = 4  # in every cache file's name; raised when the prepared data change (4: start counts usable images)
+TOO_SMALL = "smaller than the resolution"
 
 
 @dataclass
@@ -114,13 +117,14 @@ def load_images(
     cache_dir: str | Path | None = None,
     progress: bool = True,
 ) -> ImageDataset:
-    """Prepare (or load from the cache) images ``start .. start + n - 1`` of a source.
+    """Prepare (or load from the cache) usable images ``start .. start + n - 1`` of a source.
 
     Args:
         dataset: ``toyfaces``, a hub name, ``hub:OWNER/NAME``, or a local folder path.
         resolution: side of the square images in pixels.
         n: how many images; None takes every image of a local folder.
-        start: index of the first image, e.g. 7000 for a held-out tail.
+        start: how many usable images to pass over first, e.g. 7000 for a held-out tail; files
+            skipped as unusable are not counted, so ``start=n`` follows ``n`` images exactly.
         split: the split of a hub or ``datasets`` source.
         seed: the toy-face seed (ignored by other sources).
         attributes_file: a CelebA-format attribute file for an image folder.
@@ -143,8 +147,8 @@ def load_images(
         _write_cache(data, cache_path)
         data.info["cache"] = str(cache_path)
         return data
-    records, source = _open_source(dataset, start, split, attributes_file)
-    _collect(records, resolution, n, source, progress, cache_path, started)
+    records, source = _open_source(dataset, split, attributes_file)
+    _collect(_after_usable(records, start, resolution), resolution, n, source, progress, cache_path, started)
     return _open_cache(cache_path)
 
 
@@ -167,13 +171,13 @@ def _source_kind(dataset: str) -> str:
     return "local"
 
 
-def _open_source(dataset, start, split, attributes_file) -> tuple[Iterable[sources.Record], str]:
-    """The records of a hub or local source from image ``start`` on, and the source's name for ``info``."""
+def _open_source(dataset, split, attributes_file) -> tuple[Iterable[sources.Record], str]:
+    """The records of a hub or local source, and the source's name for ``info``."""
     if _source_kind(dataset) == "hub":
         repo_id, config = HUB_DATASETS.get(dataset, (dataset.removeprefix("hub:"), None))
         sources.check_hub_reachable(repo_id)
         rows = sources.open_hf_dataset(repo_id, config, split)
-        return sources.hf_records(rows, start), dataset
+        return sources.hf_records(rows), dataset
     path = Path(dataset).expanduser()
     if not path.exists():
         raise DataError(f"no such file or folder: {path} ({OFFLINE_HINT.replace('use ', 'or use ')})")
@@ -181,8 +185,8 @@ def _open_source(dataset, start, split, attributes_file) -> tuple[Iterable[sourc
         raise DataError(f"{path} is a file: give a folder of images or a datasets folder")
     if sources.is_saved_dataset(path) or sources.has_parquet(path):
         rows = sources.open_hf_dataset(str(path), None, split)
-        return sources.hf_records(rows, start), str(path)
-    return sources.folder_records(path, start, attributes_file), str(path)
+        return sources.hf_records(rows), str(path)
+    return sources.folder_records(path, attributes_file), str(path)
 
 
 def _toyfaces(resolution: int, n: int, start: int, seed: int) -> ImageDataset:
@@ -219,6 +223,41 @@ def _collect(records: Iterable[sources.Record], resolution: int, n: int | None, 
                                                  "label_names": [], "captions": None, "info": info})
 
 
+def _after_usable(records: Iterable[sources.Record], start: int, resolution: int) -> Iterator[sources.Record]:
+    """The records after the first ``start`` usable ones, or a :class:`DataError` when none is left:
+    each record before them is decoded, to know whether it counts (the prepared tensors are cached,
+    so this is paid once)."""
+    records, passed = iter(records), 0
+    while passed < start:
+        record = next(records, None)
+        if record is None:
+            break
+        if _try_decode(record, resolution)[1] is None:
+            passed += 1
+    following = next(records, None)
+    if start and following is None:
+        raise DataError(f"no image left after the first {start} usable images: the source has {passed}")
+    if following is not None:
+        yield following
+        yield from records
+
+
+def _try_decode(record: sources.Record, resolution: int):
+    """(the record's PIL image, None), or (None or the image, why it is skipped): the image
+    comes along when it is only too small, to say what the largest usable resolution is."""
+    if record.skip:
+        return None, record.skip
+    try:
+        image = record.load()
+    except imgs.ImageTooLarge:
+        return None, f"larger than {imgs.MAX_PIXELS / 1e6:.0f} megapixels"
+    except imgs.NotRegularFile:
+        return None, "not a regular file"
+    except imgs.UNREADABLE_ERRORS:
+        return None, "unreadable"
+    return (image, TOO_SMALL) if min(image.size) < resolution else (image, None)
+
+
 def _decode(records: Iterable[sources.Record], resolution: int, n: int | None, bar: tqdm,
             writer: cache.CacheWriter):
     """Prepare records into ``writer``, a chunk of images at a time; returns the attribute rows and
@@ -228,17 +267,11 @@ def _decode(records: Iterable[sources.Record], resolution: int, n: int | None, b
     skipped: Counter = Counter()
     smallest = None
     for record in records:
-        try:
-            image = record.load()
-        except imgs.ImageTooLarge:
-            skipped[f"larger than {imgs.MAX_PIXELS / 1e6:.0f} megapixels"] += 1
-            continue
-        except imgs.UNREADABLE_ERRORS:
-            skipped["unreadable"] += 1
-            continue
-        if min(image.size) < resolution:
-            skipped["smaller than the resolution"] += 1
-            smallest = min(smallest or 10**9, min(image.size))
+        image, why = _try_decode(record, resolution)
+        if why:
+            skipped[why] += 1
+            if image is not None:
+                smallest = min(smallest or 10**9, min(image.size))
             continue
         chunk.append(imgs.prepare(image, resolution))
         attribute_rows.append(record.attributes)
@@ -257,7 +290,7 @@ def _decode(records: Iterable[sources.Record], resolution: int, n: int | None, b
 def _nothing_usable_message(source: str, resolution: int, skipped: Counter, smallest) -> str:
     if not skipped:
         return f"no images found in {source} (looked for {', '.join(imgs.IMAGE_EXTENSIONS)})"
-    if skipped["smaller than the resolution"] and not skipped["unreadable"]:
+    if set(skipped) == {TOO_SMALL}:
         return (f"every image in {source} is smaller than {resolution} px "
                 f"(the largest usable resolution is {smallest}): choose a smaller --resolution")
     counts = ", ".join(f"{count} {why}" for why, count in skipped.items())
@@ -274,19 +307,27 @@ def _cache_key(dataset, resolution, n, start, split, seed, attributes_file) -> s
     else:
         path = Path(dataset).expanduser().resolve()
         name = path.name
-        stamp = [str(path), split, str(attributes_file), *_folder_stamp(path)]
+        stamp = [str(path), split, str(attributes_file), *_folder_stamp(path, attributes_file)]
         identity = hashlib.sha1("|".join(stamp).encode()).hexdigest()[:10]
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
     return f"{name}-{identity}-{resolution}px-start{start}-n{n or 'all'}-v{CACHE_VERSION}"
 
 
-def _folder_stamp(path: Path) -> list[str]:
-    """Modification times of a folder and its direct subfolders: they change when files
-    are added or removed, which makes a cached copy stale."""
+def _folder_stamp(path: Path, attributes_file) -> list[str]:
+    """The path, size and modification time of every file under a folder and of the attribute
+    file: they change when a file is added, removed or edited in place, which makes a cached
+    copy stale. A file that vanishes while it is listed is left out."""
     if not path.is_dir():
         return []
-    folders = [path, *(p for p in path.iterdir() if p.is_dir())]
-    return [f"{p.name}:{p.stat().st_mtime_ns}" for p in folders]
+    files = sorted(file for file, listable in sources.walk(path) if listable)
+    stamps = []
+    for file in files + ([Path(attributes_file)] if attributes_file else []):
+        try:
+            status = file.stat()
+        except OSError:
+            continue
+        stamps.append(f"{file}:{status.st_size}:{status.st_mtime_ns}")
+    return stamps
 
 
 def _write_cache(data: ImageDataset, path: Path) -> None:

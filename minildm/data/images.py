@@ -9,14 +9,19 @@ of the course only ever sees tensors of shape (3, R, R).
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+                    ".mpo")  # .mpo: the multi-picture JPEG of some cameras, read as its first picture
+PHOTO_EXTENSIONS = (".avif", ".heic", ".heif", ".jxl")  # read only where this Pillow has a plugin for them
 MAX_PIXELS = 89_478_485  # PIL's own limit (Image.MAX_IMAGE_PIXELS): a 9,459 x 9,459 image, 268 MB decoded
 
 
@@ -25,26 +30,61 @@ class ImageTooLarge(ValueError):
     or a scan far too big for the course); it is skipped before it is decoded."""
 
 
+class NotRegularFile(OSError):
+    """A path that is a folder, a FIFO, a socket or a device rather than a file: it is refused
+    before it is read, since reading a FIFO waits for a writer forever."""
+
+
 UNREADABLE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def readable_extensions() -> tuple[str, ...]:
+    """The file name endings read as images: :data:`IMAGE_EXTENSIONS`, and those of
+    :data:`PHOTO_EXTENSIONS` that this Pillow can decode (AVIF since Pillow 11.2)."""
+    return IMAGE_EXTENSIONS + tuple(ext for ext in PHOTO_EXTENSIONS if ext in Image.registered_extensions())
+
+
+def open_regular_file(path: str | Path) -> io.BufferedReader:
+    """Open a file for reading in binary, or raise :class:`NotRegularFile` without waiting:
+    the file is opened non-blocking and checked on the opened descriptor, so a FIFO put in
+    its place in between cannot block either."""
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise NotRegularFile(f"{path} is not a regular file")
+    return os.fdopen(descriptor, "rb")
+
+
+def _stream(source: str | Path | bytes) -> AbstractContextManager:
+    return io.BytesIO(source) if isinstance(source, bytes) else open_regular_file(source)
 
 
 def open_image(source: str | Path | bytes) -> Image.Image:
     """Open and fully decode an image from a path or bytes, turned upright by its EXIF
-    orientation tag (phone photos). Raises on corrupt files, and :class:`ImageTooLarge` on
-    an image whose header claims more than :data:`MAX_PIXELS` pixels, before decoding it."""
-    stream = io.BytesIO(source) if isinstance(source, bytes) else source
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below, with our message
+    orientation tag (phone photos). Raises on corrupt files, :class:`NotRegularFile` on a
+    path that is no file, and :class:`ImageTooLarge` on an image whose header claims more
+    than :data:`MAX_PIXELS` pixels, before decoding it. Pillow's warnings (a damaged EXIF
+    block, a huge header) are silenced: the image is used or skipped, with our own words."""
+    with _stream(source) as stream, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         try:
             image = Image.open(stream)
         except Image.DecompressionBombError as error:
             raise ImageTooLarge(str(error)) from None
-    with image:
-        width, height = image.size
-        if width * height > MAX_PIXELS:
-            raise ImageTooLarge(f"{width} x {height} pixels is more than {MAX_PIXELS:,}")
-        image.load()
-        return ImageOps.exif_transpose(image)
+        with image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageTooLarge(f"{width} x {height} pixels is more than {MAX_PIXELS:,}")
+            image.load()
+            return ImageOps.exif_transpose(image)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file, read from its header (as stored, before any EXIF turn)."""
+    with open_regular_file(path) as stream, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Image.open(stream) as image:
+            return image.size
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -90,8 +130,9 @@ def prepare(image: Image.Image, resolution: int) -> torch.Tensor:
 
 
 def read_image(path: Path, resolution: int) -> torch.Tensor:
-    """An image file as (1, 3, R, R) in [-1, 1]: RGB, central square, resized; a missing or
-    unreadable file raises :class:`FileNotFoundError` or one of :data:`UNREADABLE_ERRORS`."""
+    """An image file as (1, 3, R, R) in [-1, 1]: RGB, central square, resized; a missing file
+    raises :class:`FileNotFoundError`, a FIFO or folder :class:`NotRegularFile`, an unreadable
+    one one of :data:`UNREADABLE_ERRORS`."""
     return uint8_to_float(prepare(open_image(path), resolution))[None]
 
 

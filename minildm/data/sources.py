@@ -34,36 +34,77 @@ class DataError(MinildmError):
 
 @dataclass
 class Record:
-    """One image still to be decoded, with its labels."""
+    """One image still to be decoded, with its labels; ``skip`` says why a file found by a
+    folder scan will not be decoded at all (it is counted among the skipped files)."""
 
     load: Callable[[], object]  # returns a PIL image, or raises if the file is unreadable
     name: str
     attributes: dict[str, bool] | None = None
     label: int | None = None
+    skip: str | None = None
 
 
-def folder_records(folder: Path, start: int, attributes_file) -> Iterator[Record]:
-    """Images of a folder (or of its ``images/`` subfolder), sorted by path."""
+def walk(folder: Path) -> Iterator[tuple[Path, bool]]:
+    """Every entry under ``folder`` that is not a folder, and every subfolder that cannot be
+    listed, as (path, listable); symbolic links to folders are not followed."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        yield folder, False
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            yield from walk(Path(entry.path))
+        else:
+            yield Path(entry.path), True
+
+
+def scan_images(folder: Path) -> list[tuple[Path, str | None]]:
+    """The files under ``folder`` meant as images, sorted by path, each with why it will be
+    skipped, or None: not a regular file (a FIFO, which would block, a socket, a device, a
+    broken link), an image format this Pillow cannot read, a subfolder that cannot be listed."""
+    readable = imgs.readable_extensions()
+    found = []
+    for path, listable in walk(folder):
+        suffix = path.suffix.lower()
+        if not listable:
+            found.append((path, "unreadable folder"))
+        elif suffix in readable:
+            found.append((path, None if path.is_file() else "not a regular file"))
+        elif suffix in imgs.PHOTO_EXTENSIONS:
+            found.append((path, f"format not supported by this Pillow ({suffix})"))
+    return sorted(found)
+
+
+def folder_records(folder: Path, attributes_file) -> Iterator[Record]:
+    """Images of a folder (or of its ``images/`` subfolder), sorted by path, each file named in
+    the attribute file if there is one."""
     image_dir = folder / "images" if (folder / "images").is_dir() else folder
-    files = sorted(p for p in image_dir.rglob("*") if p.suffix.lower() in imgs.IMAGE_EXTENSIONS)
+    files = scan_images(image_dir)
     if not files:
-        raise DataError(f"no images found in {folder} (looked for {', '.join(imgs.IMAGE_EXTENSIONS)})")
+        raise DataError(f"no images found in {folder} (looked for {', '.join(imgs.readable_extensions())})")
     attribute_path = Path(attributes_file) if attributes_file else folder / "list_attr_celeba.txt"
     table = read_celeba_attributes(attribute_path) if attributes_file or attribute_path.exists() else None
-    for path in files[start:]:
+    for path, skip in files:
         attributes = table.get(path.name) if table is not None else None
         if table is not None and attributes is None:
             continue  # an image without a row in the attribute file cannot be labelled
-        yield Record(load=lambda p=path: imgs.open_image(p), name=path.name, attributes=attributes)
+        yield Record(load=lambda p=path: imgs.open_image(p), name=path.name, attributes=attributes, skip=skip)
 
 
 def read_celeba_attributes(path: str | Path) -> dict[str, dict[str, bool]]:
     """Read CelebA's ``list_attr_celeba.txt``: a count line, a header of attribute
     names, then one line per file with values 1 / -1. Returns {filename: {name: bool}}."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"attribute file not found: {path}")
-    lines = path.read_text().splitlines()
+    try:
+        with imgs.open_regular_file(path) as file:
+            lines = file.read().decode().splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not a CelebA attribute file: it is not text") from None
+    except OSError as error:
+        raise DataError(f"cannot read the attribute file {path}: {error.strerror or 'not a regular file'}") from None
     if len(lines) < 2:
         raise DataError(f"{path} is not a CelebA attribute file: it has fewer than two lines")
     names = lines[1].split()
@@ -133,11 +174,11 @@ def find_image_column(rows) -> str:
     raise DataError(f"the data set has no image column (columns: {', '.join(features) or 'unknown'})")
 
 
-def hf_records(opened: tuple, start: int) -> Iterator[Record]:
+def hf_records(opened: tuple) -> Iterator[Record]:
     """Records from a ``datasets`` split: the image column, bool columns as attributes,
     a ``label`` column as the class."""
     rows, column = opened
-    for index, row in enumerate(rows.skip(start), start=start):
+    for index, row in enumerate(rows):
         value = row[column]  # {"bytes": ..., "path": ...}: decoded here, to skip bad files
         source = (value.get("bytes") or value.get("path")) if isinstance(value, dict) else value
         attributes = {k: v for k, v in row.items() if isinstance(v, bool)} or None

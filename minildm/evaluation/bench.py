@@ -211,9 +211,10 @@ def check_sizes(resolutions: tuple[int, ...], factors: tuple[int, ...], profile:
         if factor not in MODEL_NAMES:
             raise MinildmError(f"factor {factor} has no model: choose among {', '.join(map(str, MODEL_NAMES))}")
         for resolution in resolutions:
-            if resolution % (factor * unet_downsampling):
+            if resolution < 1 or resolution % (factor * unet_downsampling):
                 raise MinildmError(f"resolution {resolution} does not suit f = {factor}: it must be a multiple "
-                                   f"of {factor * unet_downsampling} (f times the UNet's {unet_downsampling})")
+                                   f"of {factor * unet_downsampling} (f times the UNet's {unet_downsampling}), "
+                                   "above 0")
 
 
 def run_bench(profile: Profile, resolutions: tuple[int, ...] = (32, 64, 128, 256),

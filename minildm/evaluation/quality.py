@@ -113,7 +113,7 @@ def quality_report(model: LatentDiffusion, reference: Tensor, others: Tensor, *,
         data["attributes"] = attribute_rates(judge, reference)
     return {"rows": rows, "data": data, "n": len(reference),
             "features": getattr(features, "description", type(features).__name__),
-            "sampler": f"{options.sampler} {options.steps} steps"}
+            "sampler": options.description}
 
 
 def quality_table(report: dict) -> str:

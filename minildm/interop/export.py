@@ -117,9 +117,9 @@ def encoder_matches(model: LatentDiffusion) -> bool:
 
 
 def recorded_resolution(run_dir: Path) -> int:
-    """The image side a run folder records in its ``data``."""
+    """The image side a run folder records in its ``data``; a damaged ``data`` is refused as it is."""
     try:
         return ckpt.read_training_data(run_dir)["resolution"]
-    except ckpt.CheckpointError:
+    except ckpt.UnrecordedData:
         raise InteropError(f"{run_dir} does not record the resolution it was trained at (a run trained from "
                            f"Python): give one") from None
