@@ -33,6 +33,8 @@ def add_course(commands) -> None:
     grade.add_argument("--jobs", type=positive_integer, default=1, help="submissions graded at once (default 1)")
     grade.add_argument("--time-limit", type=positive_integer, default=120,
                        help="seconds of wall-clock time per exercise run (default 120)")
+    grade.add_argument("--unsafe-no-sandbox", action="store_true",
+                       help="grade even without bubblewrap: submissions can then write wherever this account can")
 
 
 def run_setup_cells(args: argparse.Namespace, profile: Profile) -> None:
@@ -62,6 +64,7 @@ def run_check(args: argparse.Namespace, profile: Profile) -> None:
 def run_grade(args: argparse.Namespace, profile: Profile) -> None:
     started = time.perf_counter()
     limits = Limits(wall_seconds=args.time_limit, cpu_seconds=2 * args.time_limit)
-    grades = grade(args.submissions, args.out, jobs=args.jobs, limits=limits)
+    grades = grade(args.submissions, args.out, jobs=args.jobs, limits=limits,
+                   unsafe_no_sandbox=args.unsafe_no_sandbox)
     print(f"graded {len(grades)} submissions in {time.perf_counter() - started:.0f} s: {args.out / 'grades.csv'}, "
           f"{args.out / 'results'}")

@@ -16,7 +16,9 @@ one submission's regions of one exercise into the instructor's code and nothing 
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 
 from minildm.config import MinildmError
@@ -24,8 +26,9 @@ from minildm.config import MinildmError
 NOTEBOOKS = {"01": "01_autoencoder_kl", "02": "02_autoencoder_vq", "03": "03_forward_diffusion", "04": "04_unet",
              "05": "05_train_ldm", "06": "06_sampling", "07": "07_cross_attention", "08": "08_inpainting_superres",
              "09": "09_evaluation_and_scaling"}
-MARKED = re.compile(r"^(?P<indent>[ \t]*)# Exercise (?P<id>\d\d\.\d+): [^\n]*\n(?P=indent)### BEGIN SOLUTION\n"
-                    r"(?P<body>.*?)^(?P=indent)### END SOLUTION$", re.S | re.M)
+HEADER = re.compile(r"(?P<indent>[ \t]*)# Exercise (?P<id>[0-9][0-9]\.[0-9]+): [^\n]*")
+BEGIN_MARKER, END_MARKER = "### BEGIN SOLUTION", "### END SOLUTION"
+MAX_SOURCE_BYTES = 2 * 2**20  # a submitted source file above this is refused, not read
 
 
 @dataclass(frozen=True)
@@ -91,8 +94,43 @@ class Region:
     body: str
 
 
+@dataclass(frozen=True)
+class Span:
+    """Where the body of one marked region lies in a text: ``text[body_start:body_end]``."""
+
+    exercise: str
+    indent: str
+    body_start: int
+    body_end: int
+
+
+def marked_spans(text: str) -> list[Span]:
+    """Every marked region of ``text``, in one pass over its lines (a region's body ends at the
+    first END marker with its indent, found by bisection, so no input costs quadratic time)."""
+    lines = text.split("\n")
+    offsets = list(accumulate((len(line) + 1 for line in lines), initial=0))
+    ends: dict[str, list[int]] = {}
+    for number, line in enumerate(lines):
+        if line.endswith(END_MARKER) and not line[:-len(END_MARKER)].strip(" \t"):
+            ends.setdefault(line[:-len(END_MARKER)], []).append(number)
+    spans, number = [], 0
+    while number + 2 < len(lines):
+        header = HEADER.fullmatch(lines[number])
+        if header and lines[number + 1] == header["indent"] + BEGIN_MARKER:
+            closing = ends.get(header["indent"], [])
+            position = bisect_left(closing, number + 2)
+            if position < len(closing):
+                end = closing[position]
+                spans.append(Span(header["id"], header["indent"], offsets[number + 2], offsets[end]))
+                number = end + 1
+                continue
+        number += 1
+    return spans
+
+
 def file_regions(text: str, path: str) -> list[Region]:
-    return [Region(path, match["id"], match["indent"], match["body"]) for match in MARKED.finditer(text)]
+    return [Region(path, span.exercise, span.indent, text[span.body_start:span.body_end])
+            for span in marked_spans(text)]
 
 
 def find_regions(root: Path) -> dict[str, list[Region]]:
@@ -115,14 +153,13 @@ def stub_body(exercise_id: str, indent: str) -> str:
 def replace_bodies(text: str, new_body) -> str:
     """``text`` with the body of each marked region replaced by ``new_body(region)``; None
     keeps the body. Regions are visited in order."""
-
-    def replace(match: re.Match) -> str:
-        body = new_body(Region("", match["id"], match["indent"], match["body"]))
-        if body is None:
-            return match[0]
-        return match[0][:match.start("body") - match.start()] + body + match[0][match.end("body") - match.start():]
-
-    return MARKED.sub(replace, text)
+    pieces, done = [], 0
+    for span in marked_spans(text):
+        body = new_body(Region("", span.exercise, span.indent, text[span.body_start:span.body_end]))
+        if body is not None:
+            pieces += [text[done:span.body_start], body]
+            done = span.body_end
+    return "".join(pieces) + text[done:]
 
 
 def with_stubs(text: str) -> str:
@@ -137,6 +174,8 @@ def submitted_bodies(submission: Path, solution: dict[str, list[Region]], exerci
         expected = sum(1 for region in solution[exercise_id] if region.path == path)
         if not (submission / path).is_file():
             raise SubmissionError(f"{path} is missing from the submission")
+        if (submission / path).stat().st_size > MAX_SOURCE_BYTES:
+            raise SubmissionError(f"{path} is larger than {MAX_SOURCE_BYTES // 2**20} MB: not a source file to grade")
         text = (submission / path).read_text(encoding="utf-8", errors="replace")
         found = [region.body for region in file_regions(text, path) if region.exercise == exercise_id]
         if len(found) != expected:

@@ -1,6 +1,7 @@
 """``python -m minildm course grade SUBMISSIONS --out DIR``: grade a folder of submissions.
 
-Each submission is a student copy of the repository (a folder or a zip of one). Every exercise
+Each submission is a student copy of the repository (a folder or a zip of one, unpacked and
+checked on its own by :mod:`minildm.course.submissions`). Every exercise
 is graded on its own: its regions are taken from the submission and put into the instructor's
 code, which fills every other region, so a broken ``q_sample`` costs the q_sample exercise and
 nothing else. The hidden tests of ``tests/grading`` then run in a sandbox
@@ -17,13 +18,14 @@ max_score, output).
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +41,8 @@ from minildm.course.exercises import (
     stub_body,
     submitted_bodies,
 )
-from minildm.course.sandbox import Limits, isolation_warning, run_isolated
+from minildm.course.sandbox import Limits, check_isolation, run_isolated
+from minildm.course.submissions import unpack
 
 GRADING_TESTS = "tests/grading"
 
@@ -59,36 +62,6 @@ def instructor_root() -> Path:
     return root
 
 
-def unpack(submissions: Path, work: Path) -> dict[str, Path]:
-    """Each submission by student name: folders as they are, zips extracted into ``work``."""
-    if not submissions.is_dir():
-        raise MinildmError(f"no such folder: {submissions}")
-    found = {}
-    for entry in sorted(submissions.iterdir()):
-        if entry.is_dir():
-            found[entry.name] = entry
-        elif entry.suffix == ".zip":
-            found[entry.stem] = extract(entry, work / entry.stem)
-    if not found:
-        raise MinildmError(f"{submissions} holds no submissions (folders or .zip files)")
-    return found
-
-
-def extract(archive: Path, target: Path) -> Path:
-    """Unzip safely (no absolute paths, no ``..``); a single top folder is stepped into."""
-    try:
-        with zipfile.ZipFile(archive) as opened:
-            for member in opened.infolist():
-                if member.filename.startswith("/") or ".." in Path(member.filename).parts:
-                    raise MinildmError(f"{archive.name}: unsafe path {member.filename!r}")
-            opened.extractall(target)
-    except zipfile.BadZipFile:
-        target.mkdir(parents=True, exist_ok=True)  # graded as empty: every exercise reports the problem
-        return target
-    children = [child for child in target.iterdir() if child.name != "__MACOSX"]
-    return children[0] if len(children) == 1 and children[0].is_dir() else target
-
-
 def grading_tree(root: Path, work: Path) -> Path:
     """A copy of what grading runs: the package and the hidden tests."""
     tree = Path(tempfile.mkdtemp(dir=work, prefix="run-"))
@@ -101,6 +74,7 @@ def run_tests(root: Path, solution: dict[str, list[Region]], exercise_id: str, b
               work: Path, limits: Limits) -> list[TestResult]:
     """The hidden tests of one exercise on the instructor's code with ``bodies`` in its regions."""
     tree = grading_tree(root, work)
+    hide = (root, work, Path(sys.prefix))
     try:
         splice(tree, solution, exercise_id, bodies)
         report = tree / "report.xml"
@@ -113,24 +87,93 @@ def run_tests(root: Path, solution: dict[str, list[Region]], exercise_id: str, b
         result = run_isolated(command, tree, limits, environment)
         if result.timed_out:
             return [TestResult("time limit", False, f"stopped after {limits.wall_seconds:.0f} s: an endless loop?")]
-        tests = read_report(report) if report.is_file() else []
+        try:
+            tests = read_report(report, hide) if report.is_file() or report.is_symlink() else []
+        except ReportError as error:
+            return [TestResult("report", False, str(error))]
         if not tests:
             last = (result.output.strip().splitlines() or ["no output"])[-1]
-            return [TestResult("run", False, f"the tests could not run ({last[:300]})")]
-        return tests
+            return [TestResult("run", False, f"the tests could not run ({feedback(last, 300, hide)})")]
+        return outcomes(expected_tests(root, selector), tests)
     finally:
         shutil.rmtree(tree, ignore_errors=True)
 
 
-def read_report(path: Path) -> list[TestResult]:
-    """Test names, outcomes and the first line of each failure's message from a JUnit XML report."""
+def expected_tests(root: Path, selector: str) -> list[str]:
+    """The names of the hidden tests that ``-k selector`` runs, read from the instructor's own
+    copy of ``tests/grading`` (never from the run's copy, which the submission could change)."""
+    names = []
+    for path in sorted((root / GRADING_TESTS).rglob("test_*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names += [node.name for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.name.startswith("test_") and selector in node.name]
+    return names
+
+
+def outcomes(expected: list[str], reported: list[TestResult]) -> list[TestResult]:
+    """One result per expected test: it passes only if the report holds it (a parametrised test:
+    every case of it) and every case passed; a test absent from the report failed. Names the
+    report holds but nobody expected are left out."""
+    if not expected:
+        return reported
     results = []
-    for case in ElementTree.parse(path).iter("testcase"):
-        problem = case.find("failure")
-        problem = problem if problem is not None else case.find("error")
-        message = "" if problem is None else (problem.get("message") or problem.text or "").strip()
-        results.append(TestResult(case.get("name", "?"), problem is None, student_message(message)))
+    for name in expected:
+        mine = [test for test in reported if test.name.split("[", 1)[0] == name]
+        failed = [test for test in mine if not test.passed]
+        if not mine:
+            results.append(TestResult(name, False, "missing from the test report: it did not run to the end"))
+        else:
+            results.append(TestResult(name, not failed, failed[0].message if failed else ""))
     return results
+
+
+class ReportError(MinildmError):
+    """A test report that cannot be trusted to be read (too large, malformed, with entities)."""
+
+
+MAX_REPORT_BYTES = 5 * 2**20
+PROBLEMS = {"failure": "", "error": "error: ", "skipped": "skipped or expected to fail, which counts as a failure: "}
+
+
+def read_report(path: Path, hide: tuple[Path, ...] = ()) -> list[TestResult]:
+    """Test names, outcomes and the first line of each problem's message from a JUnit XML report.
+    A test passes only with no ``failure``, ``error`` or ``skipped`` (pytest's skip and xfail)
+    element. Names and messages go through :func:`feedback`, with the folders ``hide`` hidden."""
+    unreadable = "the test report could not be read"
+    try:
+        if not path.is_file() or path.is_symlink() or path.stat().st_size > MAX_REPORT_BYTES:
+            raise ReportError(f"{unreadable} (missing, not a file, or over {MAX_REPORT_BYTES // 2**20} MB)")
+        data = path.read_bytes()
+        if b"<!doctype" in data.lower() or b"<!entity" in data.lower():
+            raise ReportError(f"{unreadable} (it declares a DOCTYPE or entities)")
+        cases = ElementTree.fromstring(data).iter("testcase")
+        results = []
+        for case in cases:
+            passed, message = True, ""
+            for tag, prefix in PROBLEMS.items():
+                problem = case.find(tag)
+                if problem is not None:
+                    passed, message = False, prefix + student_message(problem.get("message") or problem.text or "")
+                    break
+            results.append(TestResult(feedback(case.get("name") or "?", MAX_NAME, hide), passed,
+                                      feedback(message, MAX_MESSAGE, hide)))
+        return results
+    except (OSError, ElementTree.ParseError, ValueError, RecursionError) as error:
+        raise ReportError(f"{unreadable} ({type(error).__name__})") from None
+
+
+MAX_NAME, MAX_MESSAGE = 200, 500
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+HIDDEN_TESTS = re.compile(re.escape(GRADING_TESTS) + r"[^\s:'\"]*")
+
+
+def feedback(text: str, limit: int, hide: tuple[Path, ...] = ()) -> str:
+    """``text`` fit to show a student: no control characters, no path of the grader's (the
+    folders ``hide``, longest first, and the hidden tests' files), at most ``limit`` characters."""
+    for folder in sorted({str(folder) for folder in hide}, key=len, reverse=True):
+        text = text.replace(folder, "<grader>")
+    text = HIDDEN_TESTS.sub("<grading tests>", CONTROL.sub("", text))
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def student_message(message: str) -> str:
@@ -138,7 +181,7 @@ def student_message(message: str) -> str:
     for prefix in ("AssertionError: ", "NotImplementedError: "):
         if prefix in message:
             message = message.split(prefix, 1)[1]
-    return message.split("\nassert ", 1)[0].strip()[:500]
+    return message.split("\nassert ", 1)[0].strip()
 
 
 @dataclass(frozen=True)
@@ -156,18 +199,23 @@ def grade_of(exercise_id: str, answer: tuple[str, ...] | str, results: dict) -> 
     if answer == "stub":
         return ExerciseGrade(exercise_id, 0.0, "not attempted: the stub still raises NotImplementedError")
     if isinstance(answer, str):  # the submission's problem, in words
-        return ExerciseGrade(exercise_id, 0.0, answer)
+        return ExerciseGrade(exercise_id, 0.0, feedback(answer, MAX_MESSAGE))
     tests = results[exercise_id, answer]
     failed = [f"{test.name}: {test.message}" for test in tests if not test.passed]
     score = round(sum(test.passed for test in tests) / len(tests), 3)
     return ExerciseGrade(exercise_id, score, "\n".join(failed) or f"all {len(tests)} tests pass")
 
 
-def collect_answers(students: dict[str, Path], solution: dict[str, list[Region]]) -> dict[tuple[str, str], object]:
-    """What each student wrote for each exercise: the bodies, "stub", or a problem in words."""
+def collect_answers(students: dict[str, Path | str],
+                    solution: dict[str, list[Region]]) -> dict[tuple[str, str], object]:
+    """What each student wrote for each exercise: the bodies, "stub", or a problem in words (a
+    submission that could not be unpacked: its problem, for every exercise)."""
     answers: dict[tuple[str, str], object] = {}
     for student, folder in students.items():
         for exercise in EXERCISES:
+            if isinstance(folder, str):
+                answers[student, exercise.id] = folder
+                continue
             stubs = tuple(stub_body(exercise.id, region.indent) for region in solution[exercise.id])
             try:
                 bodies = submitted_bodies(folder, solution, exercise.id)
@@ -178,11 +226,12 @@ def collect_answers(students: dict[str, Path], solution: dict[str, list[Region]]
 
 
 def grade(submissions: Path, out: Path, *, jobs: int = 1, limits: Limits = Limits(),
-          progress=print) -> dict[str, list[ExerciseGrade]]:
-    """Grade every submission in the folder ``submissions``; write the reports into ``out``."""
+          unsafe_no_sandbox: bool = False, progress=print) -> dict[str, list[ExerciseGrade]]:
+    """Grade every submission in the folder ``submissions``; write the reports into ``out``.
+    Without bubblewrap, refuse unless ``unsafe_no_sandbox`` (:func:`check_isolation`)."""
+    warning = check_isolation(unsafe_no_sandbox=unsafe_no_sandbox)
     root = instructor_root()
     solution = find_regions(root)
-    warning = isolation_warning()
     if warning:
         progress(warning)
     work = Path(tempfile.mkdtemp(prefix="minildm-grade-"))

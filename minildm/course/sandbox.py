@@ -1,37 +1,57 @@
 """Running untrusted code: a submission's tests run in a throw-away folder with limits.
 
-Every run gets a wall-clock limit, a CPU-time limit and a memory limit (``resource`` limits,
-inherited by everything it starts), its own process group (killed as a whole on timeout),
-no network, and an environment that names nothing of the grader's. How much more it gets
-depends on the machine:
+Every run gets a wall-clock limit, a CPU-time limit, a memory limit (address space, per
+process), a file-size limit and no core dumps (``resource`` limits, inherited by everything it
+starts), its own session, no network, and an environment that names nothing of the grader's.
+Its output goes to a file, not a pipe, so a process that keeps it open cannot stall the grader.
+When the run ends, by itself or at its time limit, every process it started ends with it. How
+much more it gets depends on the machine:
 
 - ``bubblewrap`` (Debian package ``bubblewrap``): the whole filesystem is mounted read-only
-  except the run's folder (which also holds its temporary files), and the network and process
-  ids are in namespaces of their own;
-- ``namespaces`` (``unshare`` from util-linux, where user namespaces are allowed): no
-  network, but the filesystem is not protected beyond file permissions;
-- ``none``: limits only; :func:`isolation` says so in one warning line.
+  except the run's folder, ``/tmp`` and ``/dev/shm`` are empty and private, the run has a user
+  namespace of its own with every capability dropped (so even a grader running as root cannot
+  remount anything writable), its own network, process ids, IPC and host name, and a cap on its
+  number of processes;
+- ``namespaces`` (``unshare`` from util-linux, where user namespaces are allowed): no network
+  and its own process ids, but the filesystem is not protected beyond file permissions;
+- ``none``: limits only.
+
+``course grade`` refuses to run without bubblewrap unless told ``--unsafe-no-sandbox``
+(:func:`check_isolation`).
 """
 
 from __future__ import annotations
 
 import os
 import resource
+import secrets
 import shutil
 import signal
 import subprocess
+import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from minildm.config import MinildmError
+
+PRIVATE = ("/tmp", "/dev/shm")  # empty inside a bubblewrap run
+RUN_MARKER = "MINILDM_SANDBOX_RUN"  # in the environment of every process of a run: how leftovers are found
+OUTPUT_CHARACTERS = 2**18  # the end of a run's output that is kept
+
 
 @dataclass(frozen=True)
 class Limits:
-    """What one run may use: seconds of wall-clock and CPU time, bytes of address space."""
+    """What one run may use: seconds of wall-clock and CPU time, bytes of address space (per
+    process), processes (threads count too), and the size of any file it writes."""
 
     wall_seconds: float = 120.0
     cpu_seconds: int = 240
     memory_bytes: int = 6 * 2**30
+    processes: int = 256
+    file_bytes: int = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -44,36 +64,74 @@ class RunResult:
 @cache
 def isolation() -> str:
     """The strongest isolation this machine offers: ``bubblewrap``, ``namespaces`` or ``none``."""
-    for kind, prefix in (("bubblewrap", _bubblewrap_prefix(Path("/"))), ("namespaces", _unshare_prefix())):
-        if shutil.which(prefix[0]):
-            try:
-                if subprocess.run([*prefix, "true"], capture_output=True, timeout=20).returncode == 0:
-                    return kind
-            except (OSError, subprocess.TimeoutExpired):
-                continue
+    with tempfile.TemporaryDirectory() as folder:
+        for kind in ("bubblewrap", "namespaces"):
+            prefix = _prefix(kind, Path(folder))
+            if shutil.which(prefix[0]):
+                try:
+                    if subprocess.run([*prefix, "true"], capture_output=True, timeout=20).returncode == 0:
+                        return kind
+                except (OSError, subprocess.TimeoutExpired):
+                    continue
     return "none"
 
 
-def isolation_warning() -> str | None:
-    """One line for the terminal when the filesystem outside a run's folder is not protected."""
+def check_isolation(*, unsafe_no_sandbox: bool = False) -> str | None:
+    """Refuse to grade without bubblewrap (one line), unless ``unsafe_no_sandbox``: then the
+    warning line to print. ``None`` when bubblewrap runs."""
     kind = isolation()
     if kind == "bubblewrap":
         return None
-    return (f"warning: bubblewrap is not available ({'no network for submissions, but ' if kind == 'namespaces' else ''}"
-            "files outside a submission's folder are protected only by permissions); "
-            "install the Debian package bubblewrap for stronger isolation")
+    if not unsafe_no_sandbox:
+        raise MinildmError("grading runs untrusted code and needs bubblewrap, which cannot run here: install the "
+                           "Debian package bubblewrap (or pass --unsafe-no-sandbox to grade without protection)")
+    return (f"warning: grading without bubblewrap ({'no network for submissions, but ' if kind == 'namespaces' else ''}"
+            "files outside a submission's folder are protected only by permissions, and a process that leaves its "
+            "session may outlive its run)")
+
+
+def _prefix(kind: str, folder: Path) -> list[str]:
+    if kind == "bubblewrap":
+        return _bubblewrap_prefix(folder)
+    if kind == "namespaces":  # --kill-child and the pid namespace: every process ends with the run
+        return ["unshare", "--net", "--ipc", "--uts", "--map-root-user", "--pid", "--fork", "--kill-child",
+                "--mount-proc"]
+    return []
 
 
 def _bubblewrap_prefix(folder: Path) -> list[str]:
-    """Everything read-only (``/tmp`` too: the grader's Python may live there), the folder
-    writable; temporary files go to the folder (``TMPDIR``, set by :func:`run_isolated`)."""
-    return ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-            "--bind", str(folder), str(folder), "--unshare-net", "--unshare-pid", "--die-with-parent",
+    """Everything read-only, ``/tmp`` and ``/dev/shm`` empty (the grader's Python, where it lies
+    under them, bound back read-only), the folder writable; temporary files go to the folder
+    (``TMPDIR``, set by :func:`run_isolated`). ``--unshare-user --cap-drop ALL``: no capability
+    even for root, so nothing can be remounted writable."""
+    private = [argument for path in PRIVATE for argument in ("--tmpfs", path)]
+    python = [argument for path in _python_paths() for argument in ("--ro-bind", str(path), str(path))]
+    return ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *private, *python,
+            "--bind", str(folder), str(folder), "--unshare-user", "--unshare-ipc", "--unshare-uts",
+            "--unshare-net", "--unshare-pid", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--chdir", str(folder)]
 
 
-def _unshare_prefix() -> list[str]:
-    return ["unshare", "--net", "--map-root-user"]
+def _python_paths() -> list[Path]:
+    """The folders of the grader's Python (prefixes, executable, import path) that lie under
+    :data:`PRIVATE`, as named and as resolved, parents first."""
+    named = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix), Path(sys.base_exec_prefix),
+             Path(sys.executable).parent, *(Path(entry) for entry in sys.path if entry)]
+    paths = {path for entry in named if entry.is_dir() for path in (entry.absolute(), entry.resolve())}
+    return sorted(path for path in paths if any(path.is_relative_to(private) for private in PRIVATE))
+
+
+def _process_cap(kind: str, limits: Limits) -> list[str]:
+    """A command prefix that sets ``RLIMIT_NPROC`` inside the run's user namespace, where it
+    counts the run's processes only. Set outside, it would cap every process of the grader's
+    user. The kernel does not enforce it for uid 0 of the host (a grader running as root, whose
+    runs are root mapped into their namespace), and there is no namespace to count in without
+    isolation; then only the time limit and the end-of-run kill bound a fork bomb."""
+    if kind == "none":
+        return []
+    code = ("import os, resource, sys; n = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_NPROC, (n, n)); "
+            "os.execvp(sys.argv[2], sys.argv[2:])")
+    return [sys.executable, "-c", code, str(limits.processes)]
 
 
 def _set_limits(limits: Limits) -> None:
@@ -81,24 +139,68 @@ def _set_limits(limits: Limits) -> None:
     os.setsid()
     resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds))
     resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 def run_isolated(command: list[str], folder: Path, limits: Limits, environment: dict[str, str]) -> RunResult:
-    """Run ``command`` in ``folder`` under :func:`isolation` and ``limits``."""
+    """Run ``command`` in ``folder`` under :func:`isolation` and ``limits``; when it ends or runs
+    out of time, end every process it started."""
     kind = isolation()
-    prefix = {"bubblewrap": _bubblewrap_prefix(folder), "namespaces": _unshare_prefix(), "none": []}[kind]
     (folder / "tmp").mkdir(exist_ok=True)
-    environment = {**environment, "TMPDIR": str(folder / "tmp")}
-    process = subprocess.Popen([*prefix, *command], cwd=folder, env=environment, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, errors="replace",
-                               preexec_fn=lambda: _set_limits(limits))
-    try:
-        output, _ = process.communicate(timeout=limits.wall_seconds)
-        return RunResult(process.returncode, output, timed_out=False)
-    except subprocess.TimeoutExpired:
+    marker = secrets.token_hex(16)
+    environment = {**environment, "TMPDIR": str(folder / "tmp"), RUN_MARKER: marker}
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen([*_prefix(kind, folder), *_process_cap(kind, limits), *command], cwd=folder,
+                                   env=environment, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                                   preexec_fn=lambda: _set_limits(limits))
         try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        output, _ = process.communicate()
-        return RunResult(process.returncode, output, timed_out=True)
+            process.wait(timeout=limits.wall_seconds)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            end_run(process, marker)
+        return RunResult(process.returncode, _tail(output), timed_out)
+
+
+def end_run(process: subprocess.Popen, marker: str, *, patience: float = 10.0) -> None:
+    """Kill the run's session (with bubblewrap or unshare, its pid namespace dies with it), then
+    any process still carrying the run's ``marker`` in its environment (one that left the
+    session), until none is left or ``patience`` seconds have passed."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.wait()
+    deadline = time.monotonic() + patience
+    while (left := processes_of(marker)) and time.monotonic() < deadline:
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.05)
+
+
+def processes_of(marker: str) -> list[int]:
+    """The ids of the processes whose environment holds ``RUN_MARKER=marker`` (a zombie's reads
+    as empty)."""
+    needle = f"{RUN_MARKER}={marker}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _tail(output) -> str:
+    """The last :data:`OUTPUT_CHARACTERS` bytes of the output file, as text."""
+    size = output.seek(0, os.SEEK_END)
+    output.seek(max(0, size - OUTPUT_CHARACTERS))
+    return output.read().decode(errors="replace")

@@ -1,0 +1,167 @@
+"""The grader's sandbox (minildm.course.sandbox) against the attacks of issue 27: each test runs a
+small hostile program through ``run_isolated`` and checks that the attack is contained and that
+nothing of it is left outside its run."""
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from minildm.app.cli import main
+from minildm.config import MinildmError
+from minildm.course import sandbox
+from minildm.course.sandbox import Limits, check_isolation, isolation, run_isolated
+
+ENVIRONMENT = {"PATH": "/usr/bin:/bin"}
+KINDS = ("bubblewrap", "namespaces", "none")
+
+
+@pytest.fixture
+def run_folder(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def bubblewrap():
+    assert isolation() == "bubblewrap", "the grader's sandbox needs bubblewrap (the Debian package .ci/run installs)"
+
+
+@pytest.fixture(params=KINDS)
+def kind(request, monkeypatch):
+    """Each isolation this machine offers (bubblewrap required), made the one ``run_isolated`` uses."""
+    offered = KINDS[KINDS.index(isolation()):]
+    if request.param not in offered:
+        assert request.param != "bubblewrap", "the grader's sandbox needs bubblewrap"
+        pytest.skip(f"{request.param} cannot run on this machine")
+    monkeypatch.setattr(sandbox, "isolation", lambda: request.param)
+    return request.param
+
+
+def python(code: str, folder: Path, **limits) -> tuple[sandbox.RunResult, float]:
+    """Run ``code`` with the grader's Python in ``folder``; the result and the seconds it took."""
+    started = time.monotonic()
+    result = run_isolated([sys.executable, "-c", code], folder, Limits(**limits), ENVIRONMENT)
+    return result, time.monotonic() - started
+
+
+def running(token: str) -> list[psutil.Process]:
+    """The live processes whose command line holds ``token``."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        if process.info["status"] != psutil.STATUS_ZOMBIE and token in " ".join(process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+def test_a_root_grader_s_run_has_no_capability_and_cannot_remount_or_write_outside(bubblewrap, run_folder):
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as outside:  # outside /tmp: the host's own files
+        victim = Path(outside) / "grades.csv"
+        victim.write_text("keep me")
+        code = f"""if True:
+            import json, subprocess
+            status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+            remount = subprocess.run(["mount", "-o", "remount,bind,rw", "/"], capture_output=True).returncode
+            try:
+                open({str(victim)!r}, "w").write("forged")
+                wrote = True
+            except OSError:
+                wrote = False
+            open("inside.txt", "w").write("mine")
+            print(json.dumps({{"capabilities": int(status["CapEff"], 16), "remount": remount, "wrote": wrote}}))"""
+        result, _ = python(code, run_folder)
+        report = json.loads(result.output.strip().splitlines()[-1])
+        assert report == {"capabilities": 0, "remount": report["remount"], "wrote": False} and report["remount"] != 0
+        assert victim.read_text() == "keep me"
+    assert (run_folder / "inside.txt").read_text() == "mine"  # the run's own folder stays writable
+
+
+def test_tmp_and_dev_shm_are_private_to_the_run(bubblewrap, run_folder):
+    name = f"minildm-{secrets.token_hex(8)}"
+    result, _ = python(f"open('/dev/shm/{name}', 'w').write('x'); open('/tmp/{name}', 'w').write('x'); print('ok')",
+                       run_folder)
+    assert result.output.strip() == "ok"
+    assert not (Path("/dev/shm") / name).exists() and not (Path("/tmp") / name).exists()
+
+
+def test_a_grader_python_under_tmp_stays_usable(bubblewrap, run_folder, tmp_path, monkeypatch):
+    venv = tmp_path / "venv"  # under /tmp, which the sandbox replaces with an empty folder
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    monkeypatch.setattr(sys, "prefix", str(venv))
+    result = run_isolated([str(venv / "bin" / "python"), "-c", "import sys; print(sys.prefix)"], run_folder,
+                          Limits(), ENVIRONMENT)
+    assert result.returncode == 0 and result.output.strip() == str(venv)
+
+
+def test_a_fork_bomb_is_capped_and_leaves_no_process(kind, run_folder):
+    token = secrets.token_hex(8)
+    code = f"""if True:  # {token}
+        import os, resource, time
+        print(resource.getrlimit(resource.RLIMIT_NPROC)[0], flush=True)
+        forks = 0
+        for _ in range(300):
+            try:
+                if os.fork() == 0:
+                    time.sleep(300)
+                    os._exit(0)
+                forks += 1
+            except OSError:
+                break
+        print(forks, flush=True)
+        time.sleep(300)"""
+    result, seconds = python(code, run_folder, wall_seconds=4, processes=32)
+    cap, forks = (int(line) for line in result.output.split())
+    assert result.timed_out and seconds < 4 + 5
+    assert not running(token)
+    if kind != "none":  # the cap is set inside the run's user namespace
+        assert cap == 32
+        if os.geteuid() != 0:  # the kernel does not enforce it for root
+            assert forks < 32
+
+
+@pytest.mark.parametrize("detach", ["grandchild", "daemon"])
+def test_no_process_of_a_run_outlives_it_and_held_output_does_not_stall(kind, detach, run_folder):
+    token = f"300.{secrets.randbelow(10**9)}"  # sleep's argument: names the processes to look for
+    spawn = {"grandchild": f"subprocess.Popen(['sleep', '{token}'], start_new_session=True)",  # holds stdout
+             "daemon": f"os.setsid() if os.fork() == 0 else os._exit(0); os.execvp('sleep', ['sleep', '{token}'])"}
+    code = f"""if True:
+        import os, subprocess, time
+        if os.fork() == 0:
+            {spawn[detach]}
+            os._exit(0)
+        os.wait()
+        time.sleep(0.5)
+        print('main done', flush=True)"""
+    result, seconds = python(code, run_folder, wall_seconds=20)
+    assert not result.timed_out and "main done" in result.output and seconds < 20
+    assert not running(token)
+
+
+def test_a_file_cannot_grow_past_the_size_limit(kind, run_folder):
+    code = "f = open('big', 'wb')\nfor _ in range(64): f.write(bytes(2**20)); f.flush()"
+    result, _ = python(code, run_folder, file_bytes=2**20)
+    assert result.returncode != 0 and (run_folder / "big").stat().st_size <= 2**20
+
+
+@pytest.mark.parametrize("weaker", ["namespaces", "none"])
+def test_grading_refuses_without_bubblewrap_unless_told_unsafe(weaker, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(sandbox, "isolation", lambda: weaker)
+    with pytest.raises(MinildmError, match="install the Debian package bubblewrap"):
+        check_isolation()
+    assert check_isolation(unsafe_no_sandbox=True).startswith("warning: grading without bubblewrap")
+
+    (tmp_path / "submissions").mkdir()
+    arguments = ["course", "grade", str(tmp_path / "submissions"), "--out", str(tmp_path / "out")]
+    assert main(arguments) == 1
+    refusal = capsys.readouterr().err
+    assert len(refusal.splitlines()) == 1 and "install the Debian package bubblewrap" in refusal
+    assert main([*arguments, "--unsafe-no-sandbox"]) == 1  # past the refusal: the folder holds no submissions
+    assert "holds no submissions" in capsys.readouterr().err
