@@ -73,10 +73,9 @@ def attribute_rates(judge: ToyFaceJudge, images: Tensor) -> dict[str, float]:
     return {name: round(rate.item(), 4) for name, rate in zip(OUTPUTS, rates)}
 
 
-def quality_row(images: Tensor, reference: Tensor, reference_features: Tensor, features,
-                judge: ToyFaceJudge | None) -> dict:
-    """The columns of one row for uint8 ``images`` against the reference images and their
-    features: KID, FID, precision, recall, saturation (with the reference's), attribute rates."""
+def quality_row(images: Tensor, reference_features: Tensor, features, judge: ToyFaceJudge | None) -> dict:
+    """The columns of one row for uint8 ``images`` against the reference images' features:
+    KID, FID, precision, recall, saturation and, with a judge, the attribute rates."""
     own = features(images)
     row = {**feature_distances(reference_features, own), **precision_recall(reference_features, own),
            "saturation": round(saturation(images).mean().item(), 4)}
@@ -106,7 +105,7 @@ def quality_report(model: LatentDiffusion, reference: Tensor, others: Tensor, *,
                                                      generator=generator).cpu())
                          for chunk in torch.arange(len(reference)).split(batch_size)])
     reference_features = features(reference)
-    rows = {name: quality_row(images, reference, reference_features, features, judge)
+    rows = {name: quality_row(images, reference_features, features, judge)
             for name, images in zip(ROWS, (others, reconstructions, samples))}
     data = {"saturation": round(saturation(reference).mean().item(), 4)}
     if judge is not None:
