@@ -47,35 +47,35 @@ def run_evaluate(args: argparse.Namespace, profile: Profile) -> None:
         raise MinildmError(f"no held-out images in {seen['dataset']} after the {seen['n']} that {run_dir} "
                            "trained on: train on fewer with --n") from None
     toy_faces = seen["dataset"] == "toyfaces"
+    judge = load_judge() if toy_faces and not args.ae else None  # read once, for every score below
     if args.ae:
         results = scores.evaluate_autoencoder(model, held_out.pixels)
     elif model.kind == "none":
         floor = floor_images(seen, held_out)
         results = scores.evaluate_ldm(model, held_out.pixels, generator=torch.Generator().manual_seed(args.seed),
-                                      extra_features={"toyface": ToyFaceFeatures(load_judge())} if toy_faces else None,
+                                      extra_features={"toyface": ToyFaceFeatures(judge)} if judge is not None else None,
                                       floor_reference=floor)
-        results["quality"] = _quality(model, seen, held_out, floor, args, profile)
+        results["quality"] = _quality(model, seen, held_out, floor, judge, args, profile)
     else:
-        results = scores.evaluate_conditional(model, held_out, load_judge() if toy_faces else None, args.seed)
+        results = scores.evaluate_conditional(model, held_out, judge, args.seed)
     results["data"] = (f"{len(held_out)} held-out images of {seen['dataset']} from index "
                        f"{seen['start'] + seen['n']}, center crop, bicubic resize to {seen['resolution']} px")
     print(json.dumps(results))
 
 
-def _quality(model, seen: dict, held_out: data.ImageDataset, floor: torch.Tensor | None,
+def _quality(model, seen: dict, held_out: data.ImageDataset, floor: torch.Tensor | None, judge,
              args: argparse.Namespace, profile: Profile) -> dict | None:
     """The quality report (:mod:`minildm.evaluation.quality`), its table on stderr: on toy faces
-    with the judge's features, at the profile's held-out count (cheap); else on Inception
+    with the ``judge``'s features, at the profile's held-out count (cheap); else on Inception
     features with the FID's images and floor (None without a floor)."""
     if seen["dataset"] == "toyfaces":
         n = args.n or profile.n_holdout
         reference = load_seen(seen, 2 * n, seen["start"] + seen["n"]).pixels
-        judge = load_judge()
         features, (reference, others) = ToyFaceFeatures(judge), reference.chunk(2)
     elif floor is None:
         return None
     else:
-        judge, features, reference, others = None, InceptionFeatures(profile.device), held_out.pixels, floor
+        features, reference, others = InceptionFeatures(profile.device), held_out.pixels, floor
     report = quality_report(model, reference, others, features=features, judge=judge,
                             generator=torch.Generator().manual_seed(args.seed))
     print(quality_table(report), file=sys.stderr)
