@@ -101,6 +101,29 @@ def test_a_grader_python_under_tmp_stays_usable(bubblewrap, run_folder, tmp_path
     assert result.returncode == 0 and result.output.strip() == str(venv)
 
 
+def test_hidden_folders_look_empty_but_a_python_inside_one_still_runs(bubblewrap, tmp_path, monkeypatch):
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as outside:  # outside /tmp: the host's own files
+        checkout, others = Path(outside) / "checkout", Path(outside) / "submissions"
+        (checkout / "tests" / "grading").mkdir(parents=True)
+        (checkout / "tests" / "grading" / "test_grading.py").write_text("EXPECTED = 42")
+        (others / "bob").mkdir(parents=True)
+        (others / "bob" / "answer.py").write_text("secret")
+        venv = checkout / ".venv"  # the grader's Python inside the checkout it hides
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        monkeypatch.setattr(sys, "prefix", str(venv))
+        run_folder = others / "work" / "run"  # the run's own folder may lie inside a hidden one
+        run_folder.mkdir(parents=True)
+        code = ("import os, sys; print(sys.prefix); print(sorted(os.listdir(sys.argv[1])), "
+                "sorted(os.listdir(sys.argv[2])), os.path.exists(sys.argv[3]))")
+        result = run_isolated([str(venv / "bin" / "python"), "-c", code, str(checkout), str(others),
+                               str(others / "bob" / "answer.py")], run_folder, Limits(), ENVIRONMENT,
+                              hide=(checkout, others))
+        prefix, listing = result.output.strip().splitlines()
+        assert result.returncode == 0 and prefix == str(venv)
+        assert listing == "['.venv'] ['work'] False"  # only the mount points of what is shown again
+        assert (checkout / "tests" / "grading" / "test_grading.py").read_text() == "EXPECTED = 42"
+
+
 def test_a_fork_bomb_is_capped_and_leaves_no_process(kind, run_folder):
     token = secrets.token_hex(8)
     code = f"""if True:  # {token}

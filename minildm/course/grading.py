@@ -1,11 +1,17 @@
 """``python -m minildm course grade SUBMISSIONS --out DIR``: grade a folder of submissions.
 
 Each submission is a student copy of the repository (a folder or a zip of one, unpacked and
-checked on its own by :mod:`minildm.course.submissions`). Every exercise
-is graded on its own: its regions are taken from the submission and put into the instructor's
-code, which fills every other region, so a broken ``q_sample`` costs the q_sample exercise and
-nothing else. The hidden tests of ``tests/grading`` then run in a sandbox
-(:mod:`minildm.course.sandbox`).
+checked on its own by :mod:`minildm.course.submissions`). Every exercise is graded on its own:
+its regions are taken from the submission and put into a copy of the instructor's package,
+which fills every other region, so a broken ``q_sample`` costs the q_sample exercise and
+nothing else.
+
+The hidden checks of ``tests/grading`` never share a process with a submission's code. A
+process in the sandbox (:mod:`minildm.course.sandbox`) imports the spliced copy and answers
+probes (:mod:`minildm.course.probes`): it calls the exercise's code on the inputs a check sends
+and returns the outputs as data (:mod:`minildm.course.probing`). The check compares them, in
+the grader's own process, with values it computes itself. The sandbox holds no check, no
+expected value, and sees neither the instructor's checkout nor the other submissions.
 
 The same regions always get the same grade, so each distinct piece of code runs once: a
 region left as the stub is "not attempted" without running, the solution's own regions run
@@ -18,10 +24,9 @@ max_score, output).
 
 from __future__ import annotations
 
-import ast
 import csv
+import importlib.util
 import json
-import os
 import re
 import shutil
 import sys
@@ -29,7 +34,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from xml.etree import ElementTree
+from typing import Callable
 
 from minildm.config import MinildmError, checkout_root
 from minildm.course.exercises import (
@@ -41,10 +46,12 @@ from minildm.course.exercises import (
     stub_body,
     submitted_bodies,
 )
-from minildm.course.sandbox import Limits, check_isolation, run_isolated
+from minildm.course.probing import ProbeError, ProbeSession
+from minildm.course.sandbox import Limits, check_isolation, started
 from minildm.course.submissions import unpack
 
 GRADING_TESTS = "tests/grading"
+Check = Callable[[ProbeSession], None]
 
 
 @dataclass(frozen=True)
@@ -62,126 +69,73 @@ def instructor_root() -> Path:
     return root
 
 
-def grading_tree(root: Path, work: Path) -> Path:
-    """A copy of what grading runs: the package and the hidden tests."""
+def hidden_checks(root: Path) -> dict[str, list[tuple[str, Check]]]:
+    """The checks of ``root/tests/grading/test_*.py`` by exercise: each function
+    ``test_exNN_K_...(probe)``, imported into the grader's process."""
+    checks: dict[str, list[tuple[str, Check]]] = {}
+    for path in sorted((root / GRADING_TESTS).glob("test_*.py")):
+        spec = importlib.util.spec_from_file_location(f"minildm_grading_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        for name, function in vars(module).items():
+            if match := re.fullmatch(r"test_ex([0-9]{2})_([0-9]+)_\w+", name):
+                checks.setdefault(f"{match[1]}.{match[2]}", []).append((name, function))
+    return checks
+
+
+def package_tree(root: Path, work: Path) -> Path:
+    """A copy of the instructor's package: what a submission's run imports."""
     tree = Path(tempfile.mkdtemp(dir=work, prefix="run-"))
     shutil.copytree(root / "minildm", tree / "minildm", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(root / GRADING_TESTS, tree / GRADING_TESTS, ignore=shutil.ignore_patterns("__pycache__"))
     return tree
 
 
-def run_tests(root: Path, solution: dict[str, list[Region]], exercise_id: str, bodies: tuple[str, ...],
-              work: Path, limits: Limits) -> list[TestResult]:
-    """The hidden tests of one exercise on the instructor's code with ``bodies`` in its regions."""
-    tree = grading_tree(root, work)
-    hide = (root, work, Path(sys.prefix))
+def run_checks(root: Path, solution: dict[str, list[Region]], exercise_id: str, bodies: tuple[str, ...],
+               checks: list[tuple[str, Check]], work: Path, limits: Limits,
+               hide: tuple[Path, ...]) -> list[TestResult]:
+    """The hidden checks of one exercise, against the instructor's package with ``bodies`` in
+    its regions, run in the sandbox with the folders ``hide`` out of its sight."""
+    tree = package_tree(root, work)
     try:
         splice(tree, solution, exercise_id, bodies)
-        report = tree / "report.xml"
-        selector = "ex" + exercise_id.replace(".", "_") + "_"
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
-                   f"--junitxml={report}", "-k", selector, GRADING_TESTS]
-        environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tree), "PYTHONPATH": str(tree),
+        environment = {"PATH": "/usr/bin:/bin", "HOME": str(tree), "PYTHONPATH": str(tree),
                        "MPLCONFIGDIR": str(tree / ".matplotlib"), "MINILDM_PROFILE": "tiny",
-                       "MINILDM_DATA_DIR": str(tree / "data"), "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-        result = run_isolated(command, tree, limits, environment)
-        if result.timed_out:
-            return [TestResult("time limit", False, f"stopped after {limits.wall_seconds:.0f} s: an endless loop?")]
-        try:
-            tests = read_report(report, hide) if report.is_file() or report.is_symlink() else []
-        except ReportError as error:
-            return [TestResult("report", False, str(error))]
-        if not tests:
-            last = (result.output.strip().splitlines() or ["no output"])[-1]
-            return [TestResult("run", False, f"the tests could not run ({feedback(last, 300, hide)})")]
-        return outcomes(expected_tests(root, selector), tests)
+                       "MINILDM_DATA_DIR": str(tree / "data"), "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0",
+                       "PYTHONDONTWRITEBYTECODE": "1"}
+        command = [sys.executable, "-m", "minildm.course.probing"]
+        with started(command, tree, limits, environment, hide=hide, pipes=True) as run:
+            session = ProbeSession(run.process, limits.wall_seconds)
+            return [check_result(name, check, session, (*hide, Path(sys.prefix))) for name, check in checks]
     finally:
         shutil.rmtree(tree, ignore_errors=True)
 
 
-def expected_tests(root: Path, selector: str) -> list[str]:
-    """The names of the hidden tests that ``-k selector`` runs, read from the instructor's own
-    copy of ``tests/grading`` (never from the run's copy, which the submission could change)."""
-    names = []
-    for path in sorted((root / GRADING_TESTS).rglob("test_*.py")):
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        names += [node.name for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-                  and node.name.startswith("test_") and selector in node.name]
-    return names
-
-
-def outcomes(expected: list[str], reported: list[TestResult]) -> list[TestResult]:
-    """One result per expected test: it passes only if the report holds it (a parametrised test:
-    every case of it) and every case passed; a test absent from the report failed. Names the
-    report holds but nobody expected are left out."""
-    if not expected:
-        return reported
-    results = []
-    for name in expected:
-        mine = [test for test in reported if test.name.split("[", 1)[0] == name]
-        failed = [test for test in mine if not test.passed]
-        if not mine:
-            results.append(TestResult(name, False, "missing from the test report: it did not run to the end"))
-        else:
-            results.append(TestResult(name, not failed, failed[0].message if failed else ""))
-    return results
-
-
-class ReportError(MinildmError):
-    """A test report that cannot be trusted to be read (too large, malformed, with entities)."""
-
-
-MAX_REPORT_BYTES = 5 * 2**20
-PROBLEMS = {"failure": "", "error": "error: ", "skipped": "skipped or expected to fail, which counts as a failure: "}
-
-
-def read_report(path: Path, hide: tuple[Path, ...] = ()) -> list[TestResult]:
-    """Test names, outcomes and the first line of each problem's message from a JUnit XML report.
-    A test passes only with no ``failure``, ``error`` or ``skipped`` (pytest's skip and xfail)
-    element. Names and messages go through :func:`feedback`, with the folders ``hide`` hidden."""
-    unreadable = "the test report could not be read"
+def check_result(name: str, check: Check, session: ProbeSession, hide: tuple[Path, ...]) -> TestResult:
+    """Run one check: it passes only if it returns. Its assertion's text, or the probe's
+    problem in words, is the feedback, with the folders ``hide`` hidden."""
     try:
-        if not path.is_file() or path.is_symlink() or path.stat().st_size > MAX_REPORT_BYTES:
-            raise ReportError(f"{unreadable} (missing, not a file, or over {MAX_REPORT_BYTES // 2**20} MB)")
-        data = path.read_bytes()
-        if b"<!doctype" in data.lower() or b"<!entity" in data.lower():
-            raise ReportError(f"{unreadable} (it declares a DOCTYPE or entities)")
-        cases = ElementTree.fromstring(data).iter("testcase")
-        results = []
-        for case in cases:
-            passed, message = True, ""
-            for tag, prefix in PROBLEMS.items():
-                problem = case.find(tag)
-                if problem is not None:
-                    passed, message = False, prefix + student_message(problem.get("message") or problem.text or "")
-                    break
-            results.append(TestResult(feedback(case.get("name") or "?", MAX_NAME, hide), passed,
-                                      feedback(message, MAX_MESSAGE, hide)))
-        return results
-    except (OSError, ElementTree.ParseError, ValueError, RecursionError) as error:
-        raise ReportError(f"{unreadable} ({type(error).__name__})") from None
+        check(session)
+    except AssertionError as error:
+        return TestResult(name, False, feedback(str(error) or "a check failed", MAX_MESSAGE, hide))
+    except ProbeError as error:
+        return TestResult(name, False, feedback(str(error), MAX_MESSAGE, hide))
+    except Exception as error:  # outputs of a shape or type the check cannot even compare
+        message = f"the outputs could not be checked ({type(error).__name__}: {error})"
+        return TestResult(name, False, feedback(message, MAX_MESSAGE, hide))
+    return TestResult(name, True, "")
 
 
-MAX_NAME, MAX_MESSAGE = 200, 500
+MAX_MESSAGE = 500
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-HIDDEN_TESTS = re.compile(re.escape(GRADING_TESTS) + r"[^\s:'\"]*")
 
 
 def feedback(text: str, limit: int, hide: tuple[Path, ...] = ()) -> str:
     """``text`` fit to show a student: no control characters, no path of the grader's (the
-    folders ``hide``, longest first, and the hidden tests' files), at most ``limit`` characters."""
+    folders ``hide``, longest first), at most ``limit`` characters."""
     for folder in sorted({str(folder) for folder in hide}, key=len, reverse=True):
         text = text.replace(folder, "<grader>")
-    text = HIDDEN_TESTS.sub("<grading tests>", CONTROL.sub("", text))
+    text = CONTROL.sub("", text)
     return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def student_message(message: str) -> str:
-    """The part of a failure message meant for the student: the assertion's own text."""
-    for prefix in ("AssertionError: ", "NotImplementedError: "):
-        if prefix in message:
-            message = message.split(prefix, 1)[1]
-    return message.split("\nassert ", 1)[0].strip()
 
 
 @dataclass(frozen=True)
@@ -231,10 +185,14 @@ def grade(submissions: Path, out: Path, *, jobs: int = 1, limits: Limits = Limit
     Without bubblewrap, refuse unless ``unsafe_no_sandbox`` (:func:`check_isolation`)."""
     warning = check_isolation(unsafe_no_sandbox=unsafe_no_sandbox)
     root = instructor_root()
-    solution = find_regions(root)
+    solution, checks = find_regions(root), hidden_checks(root)
+    if unchecked := [exercise.id for exercise in EXERCISES if not checks.get(exercise.id)]:
+        raise MinildmError(f"{GRADING_TESTS} has no check for exercise {', '.join(unchecked)}")
     if warning:
         progress(warning)
+    out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="minildm-grade-"))
+    hide = (root, work, out.resolve(), submissions.resolve())
     try:
         students = unpack(submissions, work)
         answers = collect_answers(students, solution)
@@ -243,7 +201,8 @@ def grade(submissions: Path, out: Path, *, jobs: int = 1, limits: Limits = Limit
         progress(f"{len(students)} submissions, {len(EXERCISES)} exercises: {len(distinct)} distinct answers to run "
                  f"({jobs} at a time)")
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            runs = pool.map(lambda key: run_tests(root, solution, key[0], key[1], work, limits), distinct)
+            runs = pool.map(lambda key: run_checks(root, solution, key[0], key[1], checks[key[0]], work,
+                                                   limits, hide), distinct)
             results = dict(zip(distinct, runs))
     finally:
         shutil.rmtree(work, ignore_errors=True)

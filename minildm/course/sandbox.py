@@ -27,13 +27,17 @@ import resource
 import secrets
 import shutil
 import signal
+import site
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import IO, Iterator
 
 from minildm.config import MinildmError
 
@@ -66,7 +70,7 @@ def isolation() -> str:
     """The strongest isolation this machine offers: ``bubblewrap``, ``namespaces`` or ``none``."""
     with tempfile.TemporaryDirectory() as folder:
         for kind in ("bubblewrap", "namespaces"):
-            prefix = _prefix(kind, Path(folder))
+            prefix = _prefix(kind, Path(folder), ())
             if shutil.which(prefix[0]):
                 try:
                     if subprocess.run([*prefix, "true"], capture_output=True, timeout=20).returncode == 0:
@@ -90,35 +94,39 @@ def check_isolation(*, unsafe_no_sandbox: bool = False) -> str | None:
             "session may outlive its run)")
 
 
-def _prefix(kind: str, folder: Path) -> list[str]:
+def _prefix(kind: str, folder: Path, hide: tuple[Path, ...]) -> list[str]:
     if kind == "bubblewrap":
-        return _bubblewrap_prefix(folder)
+        return _bubblewrap_prefix(folder, hide)
     if kind == "namespaces":  # --kill-child and the pid namespace: every process ends with the run
         return ["unshare", "--net", "--ipc", "--uts", "--map-root-user", "--pid", "--fork", "--kill-child",
                 "--mount-proc"]
     return []
 
 
-def _bubblewrap_prefix(folder: Path) -> list[str]:
-    """Everything read-only, ``/tmp`` and ``/dev/shm`` empty (the grader's Python, where it lies
-    under them, bound back read-only), the folder writable; temporary files go to the folder
-    (``TMPDIR``, set by :func:`run_isolated`). ``--unshare-user --cap-drop ALL``: no capability
-    even for root, so nothing can be remounted writable."""
-    private = [argument for path in PRIVATE for argument in ("--tmpfs", path)]
-    python = [argument for path in _python_paths() for argument in ("--ro-bind", str(path), str(path))]
+def _bubblewrap_prefix(folder: Path, hide: tuple[Path, ...]) -> list[str]:
+    """Everything read-only; ``/tmp``, ``/dev/shm`` and the folders ``hide`` empty (the grader's
+    Python, where it lies under them, bound back read-only); the folder writable. Temporary files
+    go to the folder (``TMPDIR``, set by :func:`started`). ``--unshare-user --cap-drop ALL``: no
+    capability even for root, so nothing can be remounted writable."""
+    hidden = [*PRIVATE, *(str(path) for path in hide if path.is_dir())]
+    private = [argument for path in hidden for argument in ("--tmpfs", path)]
+    python = [argument for path in _python_paths(hidden) for argument in ("--ro-bind", str(path), str(path))]
     return ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *private, *python,
             "--bind", str(folder), str(folder), "--unshare-user", "--unshare-ipc", "--unshare-uts",
             "--unshare-net", "--unshare-pid", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
             "--chdir", str(folder)]
 
 
-def _python_paths() -> list[Path]:
-    """The folders of the grader's Python (prefixes, executable, import path) that lie under
-    :data:`PRIVATE`, as named and as resolved, parents first."""
+def _python_paths(hidden: list[str]) -> list[Path]:
+    """The folders of the grader's Python (prefixes, executable, installed packages) that lie
+    under the ``hidden`` folders, as named and as resolved, parents first; never one that holds
+    a hidden folder (a virtual environment inside the hidden checkout is shown, the checkout not)."""
     named = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix), Path(sys.base_exec_prefix),
-             Path(sys.executable).parent, *(Path(entry) for entry in sys.path if entry)]
+             Path(sys.executable).parent, *(Path(path) for path in sysconfig.get_paths().values()),
+             *(Path(path) for path in site.getsitepackages())]
     paths = {path for entry in named if entry.is_dir() for path in (entry.absolute(), entry.resolve())}
-    return sorted(path for path in paths if any(path.is_relative_to(private) for private in PRIVATE))
+    return sorted(path for path in paths if any(path.is_relative_to(folder) for folder in hidden)
+                  and not any(Path(folder).is_relative_to(path) for folder in hidden))
 
 
 def _process_cap(kind: str, limits: Limits) -> list[str]:
@@ -143,25 +151,67 @@ def _set_limits(limits: Limits) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def run_isolated(command: list[str], folder: Path, limits: Limits, environment: dict[str, str]) -> RunResult:
-    """Run ``command`` in ``folder`` under :func:`isolation` and ``limits``; when it ends or runs
-    out of time, end every process it started."""
+@dataclass
+class Run:
+    """A started run: its process, the file that collects its output, and its marker."""
+
+    process: subprocess.Popen
+    output: IO[bytes]
+    marker: str
+    ended: bool = False
+
+    def end(self) -> None:
+        """End every process of the run (:func:`end_run`) and close the pipes to it, once."""
+        if self.ended:
+            return
+        self.ended = True
+        end_run(self.process, self.marker)
+        for pipe in (self.process.stdin, self.process.stdout):
+            if pipe is not None:
+                pipe.close()
+
+    def tail(self) -> str:
+        """The last :data:`OUTPUT_CHARACTERS` bytes of the output, as text."""
+        size = self.output.seek(0, os.SEEK_END)
+        self.output.seek(max(0, size - OUTPUT_CHARACTERS))
+        return self.output.read().decode(errors="replace")
+
+
+@contextmanager
+def started(command: list[str], folder: Path, limits: Limits, environment: dict[str, str], *,
+            hide: tuple[Path, ...] = (), pipes: bool = False) -> Iterator[Run]:
+    """Start ``command`` in ``folder`` under :func:`isolation` and ``limits``, with the folders
+    ``hide`` out of its sight (bubblewrap only). With ``pipes`` its stdin and stdout are pipes
+    to talk over; its output (stderr, and stdout without ``pipes``) goes to a file. On leaving,
+    every process the run started is ended."""
     kind = isolation()
     (folder / "tmp").mkdir(exist_ok=True)
     marker = secrets.token_hex(16)
     environment = {**environment, "TMPDIR": str(folder / "tmp"), RUN_MARKER: marker}
     with tempfile.TemporaryFile() as output:
-        process = subprocess.Popen([*_prefix(kind, folder), *_process_cap(kind, limits), *command], cwd=folder,
-                                   env=environment, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+        process = subprocess.Popen([*_prefix(kind, folder, hide), *_process_cap(kind, limits), *command],
+                                   cwd=folder, env=environment, stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE if pipes else output, stderr=output,
                                    preexec_fn=lambda: _set_limits(limits))
+        run = Run(process, output, marker)
         try:
-            process.wait(timeout=limits.wall_seconds)
+            yield run
+        finally:
+            run.end()
+
+
+def run_isolated(command: list[str], folder: Path, limits: Limits, environment: dict[str, str], *,
+                 hide: tuple[Path, ...] = ()) -> RunResult:
+    """Run ``command`` to its end or its time limit (:func:`started`); its exit status and the
+    end of its output."""
+    with started(command, folder, limits, environment, hide=hide) as run:
+        try:
+            run.process.wait(timeout=limits.wall_seconds)
             timed_out = False
         except subprocess.TimeoutExpired:
             timed_out = True
-        finally:
-            end_run(process, marker)
-        return RunResult(process.returncode, _tail(output), timed_out)
+        run.end()
+        return RunResult(run.process.returncode, run.tail(), timed_out)
 
 
 def end_run(process: subprocess.Popen, marker: str, *, patience: float = 10.0) -> None:
@@ -197,10 +247,3 @@ def processes_of(marker: str) -> list[int]:
         except OSError:
             continue
     return found
-
-
-def _tail(output) -> str:
-    """The last :data:`OUTPUT_CHARACTERS` bytes of the output file, as text."""
-    size = output.seek(0, os.SEEK_END)
-    output.seek(max(0, size - OUTPUT_CHARACTERS))
-    return output.read().decode(errors="replace")
