@@ -1,4 +1,4 @@
-"""The course kit's commands: ``python -m minildm course student | check | grade | setup-cells``
+"""The course kit's commands: ``python -m minildm course student | check | grade | gradescope | setup-cells``
 (docs/teaching.md)."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from pathlib import Path
 
 from minildm.config import MinildmError, Profile, checkout_root
 from minildm.course.exercises import EXERCISES
-from minildm.course.grading import grade
+from minildm.course.gradescope import write_bundle
+from minildm.course.grading import grade, instructor_root
 from minildm.course.sandbox import Limits
 from minildm.course.student import check_exercises, write_student_copy
 from minildm.app.notebooks import repository_url, set_repository, write_setup_cells
@@ -26,6 +27,9 @@ def add_course(commands) -> None:
                          "published (default: the one in pyproject.toml)")
     command(actions, "check", "run the public checks: which exercises are done", run_check)
     grade = command(actions, "grade", "grade a folder of submissions (student copies or zips of them)", run_grade)
+    gradescope = command(actions, "gradescope", "write Gradescope's autograder bundle (setup.sh, run_autograder, "
+                         "the package and the hidden checks)", run_gradescope)
+    gradescope.add_argument("out", type=Path, help="the bundle to write, a .zip file")
     command(actions, "setup-cells", "write the first cell of every notebook, with the repository named in "
             "pyproject.toml", run_setup_cells)
     grade.add_argument("submissions", type=Path, help="folder with one folder or .zip per student")
@@ -68,3 +72,9 @@ def run_grade(args: argparse.Namespace, profile: Profile) -> None:
                    unsafe_no_sandbox=args.unsafe_no_sandbox)
     print(f"graded {len(grades)} submissions in {time.perf_counter() - started:.0f} s: {args.out / 'grades.csv'}, "
           f"{args.out / 'results'}")
+
+
+def run_gradescope(args: argparse.Namespace, profile: Profile) -> None:
+    count = write_bundle(args.out, instructor_root())
+    print(f"Gradescope bundle: {args.out} (setup.sh, run_autograder, {count} source files with the hidden checks); "
+          "upload it as the assignment's autograder")

@@ -179,12 +179,13 @@ def collect_answers(students: dict[str, Path | str],
     return answers
 
 
-def grade(submissions: Path, out: Path, *, jobs: int = 1, limits: Limits = Limits(),
+def grade(submissions: Path, out: Path, *, root: Path | None = None, jobs: int = 1, limits: Limits = Limits(),
           unsafe_no_sandbox: bool = False, progress=print) -> dict[str, list[ExerciseGrade]]:
-    """Grade every submission in the folder ``submissions``; write the reports into ``out``.
-    Without bubblewrap, refuse unless ``unsafe_no_sandbox`` (:func:`check_isolation`)."""
+    """Grade every submission in the folder ``submissions`` with the solutions and checks of
+    ``root`` (default: this checkout); write the reports into ``out``. Without bubblewrap or a
+    sandbox account, refuse unless ``unsafe_no_sandbox`` (:func:`check_isolation`)."""
     warning = check_isolation(unsafe_no_sandbox=unsafe_no_sandbox)
-    root = instructor_root()
+    root = root or instructor_root()
     solution, checks = find_regions(root), hidden_checks(root)
     if unchecked := [exercise.id for exercise in EXERCISES if not checks.get(exercise.id)]:
         raise MinildmError(f"{GRADING_TESTS} has no check for exercise {', '.join(unchecked)}")
@@ -192,6 +193,8 @@ def grade(submissions: Path, out: Path, *, jobs: int = 1, limits: Limits = Limit
         progress(warning)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="minildm-grade-"))
+    work.chmod(0o711)  # a sandbox account may pass through to its run's folder, not list the others
+    (work / "unpacked").mkdir(mode=0o700)  # and never read the unpacked submissions
     hide = (root, work, out.resolve(), submissions.resolve())
     try:
         students = unpack(submissions, work)

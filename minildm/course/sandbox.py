@@ -16,13 +16,19 @@ much more it gets depends on the machine:
   and its own process ids, but the filesystem is not protected beyond file permissions;
 - ``none``: limits only.
 
-``course grade`` refuses to run without bubblewrap unless told ``--unsafe-no-sandbox``
-(:func:`check_isolation`).
+Where bubblewrap cannot run (a container that forbids user namespaces, as on Gradescope), a
+grader running as root can run submissions as an unprivileged account instead, named by
+``MINILDM_SANDBOX_USER``: files are then protected by their permissions (the grader's own must
+not be readable by others), and the account's process count is capped.
+
+``course grade`` refuses to run without bubblewrap or that account unless told
+``--unsafe-no-sandbox`` (:func:`check_isolation`).
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import resource
 import secrets
 import shutil
@@ -44,6 +50,7 @@ from minildm.config import MinildmError
 PRIVATE = ("/tmp", "/dev/shm")  # empty inside a bubblewrap run
 RUN_MARKER = "MINILDM_SANDBOX_RUN"  # in the environment of every process of a run: how leftovers are found
 OUTPUT_CHARACTERS = 2**18  # the end of a run's output that is kept
+SANDBOX_USER = "MINILDM_SANDBOX_USER"  # an unprivileged account to run submissions as, without bubblewrap
 
 
 @dataclass(frozen=True)
@@ -80,12 +87,30 @@ def isolation() -> str:
     return "none"
 
 
+def sandbox_user() -> tuple[str, int, int] | None:
+    """The account ``MINILDM_SANDBOX_USER`` names (name, uid, gid), where the grader runs as root
+    and bubblewrap cannot run; None otherwise."""
+    name = os.environ.get(SANDBOX_USER)
+    if not name or os.geteuid() != 0 or isolation() == "bubblewrap":
+        return None
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise MinildmError(f"{SANDBOX_USER} names {name!r}, which is not an account on this machine") from None
+    if entry.pw_uid == 0:
+        raise MinildmError(f"{SANDBOX_USER} names {name!r}, which is root: name an unprivileged account")
+    return name, entry.pw_uid, entry.pw_gid
+
+
 def check_isolation(*, unsafe_no_sandbox: bool = False) -> str | None:
-    """Refuse to grade without bubblewrap (one line), unless ``unsafe_no_sandbox``: then the
-    warning line to print. ``None`` when bubblewrap runs."""
+    """Refuse to grade without bubblewrap or a sandbox account (one line), unless
+    ``unsafe_no_sandbox``: then the warning line to print. ``None`` when bubblewrap runs."""
     kind = isolation()
     if kind == "bubblewrap":
         return None
+    if user := sandbox_user():
+        return (f"grading as the unprivileged account {user[0]}: bubblewrap cannot run here, so files are protected "
+                "by their permissions only and submissions have the network")
     if not unsafe_no_sandbox:
         raise MinildmError("grading runs untrusted code and needs bubblewrap, which cannot run here: install the "
                            "Debian package bubblewrap (or pass --unsafe-no-sandbox to grade without protection)")
@@ -142,13 +167,19 @@ def _process_cap(kind: str, limits: Limits) -> list[str]:
     return [sys.executable, "-c", code, str(limits.processes)]
 
 
-def _set_limits(limits: Limits) -> None:
-    """In the child, before it runs the command: its own session, and the resource limits."""
+def _set_limits(limits: Limits, user: tuple[str, int, int] | None) -> None:
+    """In the child, before it runs the command: its own session, the resource limits, and
+    the sandbox account if there is one (its processes capped: the cap counts that account's)."""
     os.setsid()
     resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds))
     resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if user:
+        resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
+        os.setgroups([])
+        os.setgid(user[2])
+        os.setuid(user[1])
 
 
 @dataclass
@@ -184,15 +215,19 @@ def started(command: list[str], folder: Path, limits: Limits, environment: dict[
     ``hide`` out of its sight (bubblewrap only). With ``pipes`` its stdin and stdout are pipes
     to talk over; its output (stderr, and stdout without ``pipes``) goes to a file. On leaving,
     every process the run started is ended."""
-    kind = isolation()
+    kind, user = isolation(), sandbox_user()
     (folder / "tmp").mkdir(exist_ok=True)
+    if user:  # the run's folder becomes the account's
+        for path in [folder, *folder.rglob("*")]:
+            os.chown(path, user[1], user[2], follow_symlinks=False)
     marker = secrets.token_hex(16)
     environment = {**environment, "TMPDIR": str(folder / "tmp"), RUN_MARKER: marker}
     with tempfile.TemporaryFile() as output:
-        process = subprocess.Popen([*_prefix(kind, folder, hide), *_process_cap(kind, limits), *command],
+        process = subprocess.Popen([*_prefix(kind, folder, hide), *_process_cap(kind if not user else "none", limits),
+                                    *command],
                                    cwd=folder, env=environment, stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
                                    stdout=subprocess.PIPE if pipes else output, stderr=output,
-                                   preexec_fn=lambda: _set_limits(limits))
+                                   preexec_fn=lambda: _set_limits(limits, user))
         run = Run(process, output, marker)
         try:
             yield run
