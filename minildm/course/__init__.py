@@ -5,6 +5,9 @@
 - :mod:`~minildm.course.student`: ``python -m minildm course student OUT`` (the student copy)
   and ``course check`` (the public checks, exercise by exercise);
 - :mod:`~minildm.course.sandbox`: running untrusted code with time, memory and network limits;
+- :mod:`~minildm.course.probes` and :mod:`~minildm.course.probing`: what a hidden check asks a
+  submission to compute, and how the question and its answer cross the sandbox, as data;
 - :mod:`~minildm.course.grading`: ``course grade``: every exercise of every submission graded
-  on its own, in the instructor's code, by the hidden tests in ``tests/grading``.
+  on its own, in the instructor's code, by the hidden checks in ``tests/grading``;
+- :mod:`~minildm.course.gradescope`: ``course gradescope OUT.zip``, Gradescope's autograder bundle.
 """
