@@ -124,12 +124,13 @@ def test_grading_scores_each_exercise_alone_and_survives_hostile_code(student_co
     grades = grade(submissions, tmp_path / "out", jobs=2, limits=Limits(wall_seconds=40), progress=lambda _: None)
     scores = {student: {g.exercise: g.score for g in row} for student, row in grades.items()}
     assert set(scores["full"].values()) == {1.0} and set(scores["empty"].values()) == {0.0}
-    for student in [*(f"broken-{e}" for e in BROKEN), "zipped", "loops", "allocates", "writes", "connects"]:
+    for student in [*(f"broken-{e}" for e in BROKEN), "zipped", "loops", "allocates", "connects"]:
         exercise_id = student.removeprefix("broken-") if student.startswith("broken-") else "03.2"
         assert scores[student][exercise_id] < 1.0, student
         assert all(score == 1.0 for other, score in scores[student].items() if other != exercise_id), student
     assert scores["loops"]["03.2"] == scores["allocates"]["03.2"] == 0.0
-    assert scores["writes"]["03.2"] == scores["connects"]["03.2"] == 0.0
+    assert scores["connects"]["03.2"] == 0.0
+    assert scores["writes"]["03.2"] == 1.0  # a right answer whose writes landed in the run's own empty /tmp
     assert outside.read_text() == "keep me" and not (tmp_path / "planted.txt").exists()
     assert listener.connections == 0
 
