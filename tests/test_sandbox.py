@@ -16,7 +16,7 @@ import pytest
 
 from minildm.app.cli import main
 from minildm.config import MinildmError
-from minildm.course import sandbox
+from minildm.course import cgroups, sandbox
 from minildm.course.sandbox import Limits, check_isolation, isolation, run_isolated
 
 ENVIRONMENT = {"PATH": "/usr/bin:/bin"}
@@ -188,3 +188,32 @@ def test_grading_refuses_without_bubblewrap_unless_told_unsafe(weaker, monkeypat
     assert len(refusal.splitlines()) == 1 and "install the Debian package bubblewrap" in refusal
     assert main([*arguments, "--unsafe-no-sandbox"]) == 1  # past the refusal: the folder holds no submissions
     assert "holds no submissions" in capsys.readouterr().err
+
+
+def test_a_control_group_caps_a_run_s_total_memory_and_processes(kind, run_folder):
+    """Four processes of 100 MB each in a run capped at 256 MB in all: the kernel kills some. Forty
+    sleepers in a run capped at 16 processes: most cannot start. Then nothing is left, not even
+    the groups."""
+    group = cgroups.create(2**28, 16)
+    if group is None:  # a container without write access to /sys/fs/cgroup: per-process limits only
+        pytest.skip("this machine does not let the grader make control groups")
+    group.end()
+    token = f"4{secrets.randbelow(10**8)}"
+    code = f"""if True:
+        import subprocess, sys
+        hog = "x = b'\\\\x01' * (100 * 2**20); import time; time.sleep(2)"
+        children = [subprocess.Popen([sys.executable, '-c', hog]) for _ in range(4)]
+        print(sum(child.wait() == 0 for child in children), flush=True)
+        started = 0
+        for _ in range(40):
+            try:
+                subprocess.Popen(['sleep', '{token}'])
+                started += 1
+            except OSError:
+                pass
+        print(started, flush=True)"""
+    before = set(cgroups.CGROUP.rglob("minildm-run-*"))
+    result, _ = python(code, run_folder, total_memory_bytes=2**28, processes=16)
+    kept, started = (int(line) for line in result.output.split()[-2:])
+    assert kept < 4 and started < 16
+    assert not running(token) and set(cgroups.CGROUP.rglob("minildm-run-*")) == before

@@ -5,6 +5,7 @@
 - :mod:`~minildm.course.student`: ``python -m minildm course student OUT`` (the student copy)
   and ``course check`` (the public checks, exercise by exercise);
 - :mod:`~minildm.course.sandbox`: running untrusted code with time, memory and network limits;
+- :mod:`~minildm.course.cgroups`: a control group per run, for its total memory and processes;
 - :mod:`~minildm.course.probes` and :mod:`~minildm.course.probing`: what a hidden check asks a
   submission to compute, and how the question and its answer cross the sandbox, as data;
 - :mod:`~minildm.course.grading`: ``course grade``: every exercise of every submission graded

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import IO, Iterator
 
 from minildm.config import MinildmError
+from minildm.course import cgroups
 
 PRIVATE = ("/tmp", "/dev/shm")  # empty inside a bubblewrap run
 RUN_MARKER = "MINILDM_SANDBOX_RUN"  # in the environment of every process of a run: how leftovers are found
@@ -56,11 +57,13 @@ SANDBOX_USER = "MINILDM_SANDBOX_USER"  # an unprivileged account to run submissi
 @dataclass(frozen=True)
 class Limits:
     """What one run may use: seconds of wall-clock and CPU time, bytes of address space (per
-    process), processes (threads count too), and the size of any file it writes."""
+    process), bytes of memory in all (where a control group can be made), processes (threads
+    count too), and the size of any file it writes."""
 
     wall_seconds: float = 120.0
     cpu_seconds: int = 240
     memory_bytes: int = 6 * 2**30
+    total_memory_bytes: int = 4 * 2**30
     processes: int = 256
     file_bytes: int = 64 * 2**20
 
@@ -167,9 +170,12 @@ def _process_cap(kind: str, limits: Limits) -> list[str]:
     return [sys.executable, "-c", code, str(limits.processes)]
 
 
-def _set_limits(limits: Limits, user: tuple[str, int, int] | None) -> None:
-    """In the child, before it runs the command: its own session, the resource limits, and
-    the sandbox account if there is one (its processes capped: the cap counts that account's)."""
+def _set_limits(limits: Limits, user: tuple[str, int, int] | None, group: cgroups.RunGroup | None) -> None:
+    """In the child, before it runs the command: the run's control group if there is one, its
+    own session, the resource limits, and the sandbox account if there is one (its processes
+    capped: the cap counts that account's)."""
+    if group:
+        group.join()
     os.setsid()
     resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds))
     resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
@@ -189,6 +195,7 @@ class Run:
     process: subprocess.Popen
     output: IO[bytes]
     marker: str
+    group: cgroups.RunGroup | None = None
     ended: bool = False
 
     def end(self) -> None:
@@ -197,6 +204,8 @@ class Run:
             return
         self.ended = True
         end_run(self.process, self.marker)
+        if self.group:
+            self.group.end()
         for pipe in (self.process.stdin, self.process.stdout):
             if pipe is not None:
                 pipe.close()
@@ -220,15 +229,20 @@ def started(command: list[str], folder: Path, limits: Limits, environment: dict[
     if user:  # the run's folder becomes the account's
         for path in [folder, *folder.rglob("*")]:
             os.chown(path, user[1], user[2], follow_symlinks=False)
-    marker = secrets.token_hex(16)
+    marker, group = secrets.token_hex(16), cgroups.create(limits.total_memory_bytes, limits.processes)
     environment = {**environment, "TMPDIR": str(folder / "tmp"), RUN_MARKER: marker}
     with tempfile.TemporaryFile() as output:
-        process = subprocess.Popen([*_prefix(kind, folder, hide), *_process_cap(kind if not user else "none", limits),
-                                    *command],
-                                   cwd=folder, env=environment, stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
-                                   stdout=subprocess.PIPE if pipes else output, stderr=output,
-                                   preexec_fn=lambda: _set_limits(limits, user))
-        run = Run(process, output, marker)
+        try:
+            process = subprocess.Popen([*_prefix(kind, folder, hide), *_process_cap(kind if not user else "none", limits),
+                                        *command], cwd=folder, env=environment,
+                                       stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
+                                       stdout=subprocess.PIPE if pipes else output, stderr=output,
+                                       preexec_fn=lambda: _set_limits(limits, user, group))
+        except BaseException:
+            if group:
+                group.end()
+            raise
+        run = Run(process, output, marker, group)
         try:
             yield run
         finally:
