@@ -191,13 +191,13 @@ def grade(submissions: Path, out: Path, *, root: Path | None = None, jobs: int =
         raise MinildmError(f"{GRADING_TESTS} has no check for exercise {', '.join(unchecked)}")
     if warning:
         progress(warning)
-    out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="minildm-grade-"))
     work.chmod(0o711)  # a sandbox account may pass through to its run's folder, not list the others
     (work / "unpacked").mkdir(mode=0o700)  # and never read the unpacked submissions
     hide = (root, work, out.resolve(), submissions.resolve())
     try:
         students = unpack(submissions, work)
+        out.mkdir(parents=True, exist_ok=True)  # before any run, so that the sandbox hides it
         answers = collect_answers(students, solution)
         distinct = sorted({(exercise_id, answer) for (_, exercise_id), answer in answers.items()
                            if isinstance(answer, tuple)})
