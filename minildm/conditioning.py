@@ -12,6 +12,9 @@ mean depends on the encoder:
   built from the training captions), embedded with positions and passed through a small
   transformer trained jointly with the UNet (the paper trains its text transformer from
   scratch too, at a much larger scale).
+- :class:`LayoutEncoder`: a layout, one box per part (Sec. 4.3, layout-to-image): each box
+  that is there becomes a token, its part's embedding plus an embedding of its coordinates,
+  and a small transformer mixes them, as the paper encodes OpenImages and COCO boxes.
 
 Every encoder also has a learned null sequence (one token), the "no condition" input that
 classifier-free guidance needs (Ho & Salimans 2022): during training each condition is
@@ -30,13 +33,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 from minildm.attention import Attention, FeedForward
 from minildm.config import MinildmError, SavedConfig
 
-TOKEN_KINDS = ("class", "attributes", "text")  # read through cross-attention
-CONCAT_KINDS = ("inpaint", "superres")  # concatenated to the UNet's input
+TOKEN_KINDS = ("class", "attributes", "text", "layout")  # read through cross-attention
+CONCAT_KINDS = ("inpaint", "superres", "semantic")  # concatenated to the UNet's input
 KINDS = ("none", *TOKEN_KINDS, *CONCAT_KINDS)
 MIN_TEXT_LENGTH = 32  # tokens a text encoder reads at least (the start token and 31 words)
 
@@ -46,9 +50,11 @@ class ConditioningConfig(SavedConfig):
     """What the model is conditioned on; saved with the model.
 
     Attributes:
-        kind: ``none``, ``class``, ``attributes``, ``text``, ``inpaint`` or ``superres``.
+        kind: ``none``, ``class``, ``attributes``, ``text``, ``layout``, ``inpaint``, ``superres``
+            or ``semantic``.
         channels: size D of the tokens.
-        class_names: the classes, in the order of their indices (class only).
+        class_names: the classes, in the order of their indices: the labels (class), or the
+            parts of a part map or a layout (semantic, layout).
         attribute_names: the attributes, in the order of the condition's columns (attributes only).
         vocabulary: the words a caption may use (text only).
         max_length: longest caption in tokens (text only).
@@ -213,6 +219,52 @@ class TextEncoder(ConditionEncoder):
         return self.norm(x), mask
 
 
+def box_features(boxes: Tensor, frequencies: int = 4) -> Tensor:
+    """Boxes (..., 4) in [0, 1] -> Fourier features (..., 4 * 2 * frequencies): sin and cos of
+    2^k pi x for k < ``frequencies``, so that a small network tells nearby edges apart."""
+    scales = torch.pi * 2.0 ** torch.arange(frequencies, device=boxes.device)  # (F,)
+    angles = rearrange(boxes[..., None] * scales, "... c f -> ... (c f)")  # (..., 4F)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class LayoutEncoder(ConditionEncoder):
+    """Layout, float (B, P, 5) -> tokens (B, 1 + P, D): row p is part p's flag (1: there) and
+    its box (x0, y0, x1, y1) in [0, 1]. A "layout" token that is always there, then one token
+    per part that is there: the part's embedding plus an embedding of its box; parts that are
+    not there are padding. A small transformer lets the tokens see each other (LDM Sec. 4.3,
+    layout-to-image)."""
+
+    def __init__(self, num_parts: int, channels: int, layers: int):
+        super().__init__(channels)
+        self.part_embedding = nn.Parameter(torch.randn(1 + num_parts, channels) * 0.02)  # row 0: "layout"
+        self.box_embedding = nn.Sequential(nn.Linear(32, channels), nn.SiLU(), nn.Linear(channels, channels))
+        self.layers = nn.ModuleList(TextLayer(channels) for _ in range(layers))
+        self.norm = nn.LayerNorm(channels)
+
+    def encode(self, layout: Tensor) -> tuple[Tensor, Tensor]:
+        present, boxes = layout[..., 0] > 0.5, layout[..., 1:]  # (B, P), (B, P, 4)
+        parts = self.part_embedding[1:] + self.box_embedding(box_features(boxes))  # (B, P, D)
+        first = self.part_embedding[:1].expand(len(layout), 1, -1)  # (B, 1, D)
+        x = torch.cat([first, parts], dim=1)  # (B, 1 + P, D)
+        mask = torch.cat([torch.ones_like(present[:, :1]), present], dim=1)  # (B, 1 + P)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.norm(x), mask
+
+
+def layout_tensor(boxes: Tensor, present: Tensor) -> Tensor:
+    """Part boxes (N, P, 4) and flags (N, P) -> the layout a :class:`LayoutEncoder` reads,
+    (N, P, 5): the flag, then the box (zero where the part is not there)."""
+    return torch.cat([present[..., None].float(), boxes * present[..., None]], dim=-1)
+
+
+def mirror_layout(layout: Tensor) -> Tensor:
+    """The layout of the mirror image: x0, x1 -> 1 - x1, 1 - x0 (for the flipped copies
+    training adds); parts that are not there stay zero."""
+    present, x0, y0, x1, y1 = layout.unbind(-1)
+    return torch.stack([present, (1 - x1) * present, y0, (1 - x0) * present, y1], dim=-1)
+
+
 def build_encoder(config: ConditioningConfig) -> ConditionEncoder | None:
     """The encoder tau_theta for a token kind; None for ``none`` and concat kinds."""
     if config.kind == "class":
@@ -221,5 +273,7 @@ def build_encoder(config: ConditioningConfig) -> ConditionEncoder | None:
         return AttributeEncoder(len(config.attribute_names), config.channels)
     if config.kind == "text":
         return TextEncoder(len(config.vocabulary) + 2, config.max_length, config.channels, config.layers)
+    if config.kind == "layout":
+        return LayoutEncoder(len(config.class_names), config.channels, config.layers)
     return None
 

@@ -12,6 +12,10 @@ noisy latent as extra input channels of the UNet (the paper's "concat" condition
   already has the latent's size (8 x 8 for 32 px images), which is the paper's LDM-SR setup
   (the low-resolution image is concatenated as it is); other combinations resize it
   to the latent grid. 3 extra channels.
+- Semantic synthesis: the part map, one-hot, downsampled to the latent grid: the share of
+  each part in each latent cell (the paper concatenates downsampled semantic maps, Sec.
+  4.3.2). One extra channel per part. A map larger than the training images asks for a
+  larger image: the convolutional UNet samples it, the map giving it its global layout.
 
 Masks are float (B, 1, R, R) with 1 where the image is to be generated and 0 where it is
 kept; :func:`random_masks` draws the shapes used in training.
@@ -30,11 +34,11 @@ from minildm.diffusion import Denoiser
 MASK_SHAPES = ("box", "half", "ellipse", "band")
 
 
-def extra_input_channels(kind: str, latent_channels: int) -> int:
+def extra_input_channels(kind: str, latent_channels: int, parts: int = 0) -> int:
     """The input channels a conditioning ``kind`` adds to the UNet: c + 1 for inpainting (the
     masked image's latent and the mask), 3 for super-resolution (the low-resolution image),
-    none for the other kinds."""
-    return {"inpaint": latent_channels + 1, "superres": 3}.get(kind, 0)
+    one per part for semantic synthesis (``parts`` classes), none for the other kinds."""
+    return {"inpaint": latent_channels + 1, "superres": 3, "semantic": parts}.get(kind, 0)
 
 
 def concat_conditioning(unet: Callable[[Tensor, Tensor], Tensor], condition: Tensor) -> Denoiser:
@@ -116,6 +120,15 @@ def superres_condition(low_resolution: Tensor, latent_size: tuple[int, int]) -> 
 def bicubic_upsample(low_resolution: Tensor, factor: int) -> Tensor:
     """The baseline super-resolution: bicubic interpolation, clamped to [-1, 1]."""
     return F.interpolate(low_resolution, scale_factor=factor, mode="bicubic", align_corners=False).clamp(-1, 1)
+
+
+def semantic_condition(part_maps: Tensor, parts: int, latent_size: tuple[int, int]) -> Tensor:
+    """Part maps, integer (B, H, W) of indices below ``parts`` -> the UNet's extra input
+    (B, parts, h, w): the share of each part in each latent cell (a one-hot map, averaged)."""
+    if part_maps.dim() != 3 or int(part_maps.max()) >= parts or int(part_maps.min()) < 0:
+        raise ValueError(f"part maps must be (B, H, W) of indices 0 to {parts - 1}")
+    one_hot = F.one_hot(part_maps.long(), parts).permute(0, 3, 1, 2).float()  # (B, P, H, W)
+    return F.adaptive_avg_pool2d(one_hot, latent_size)
 
 
 def mask_from_image(image: Tensor) -> Tensor:

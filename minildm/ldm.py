@@ -28,7 +28,8 @@ from minildm.conditioning import CONCAT_KINDS, TOKEN_KINDS, ConditioningConfig, 
 from minildm.config import MinildmError, SavedConfig
 from minildm.diffusion import DiffusionConfig
 from minildm.guidance import classifier_free_guidance
-from minildm.image_conditions import concat_conditioning, inpainting_condition, paste, superres_condition
+from minildm.image_conditions import (concat_conditioning, inpainting_condition, paste, semantic_condition,
+                                      superres_condition)
 from minildm.sampling import SamplerOptions, Step, Trajectory, final_state, sampler_steps
 from minildm.unet import UNet, UNetConfig
 
@@ -226,3 +227,18 @@ class LatentDiffusion(nn.Module):
         resolution = low_resolution.shape[-1] * self.config.conditioning.superres_factor
         condition = superres_condition(low_resolution.to(self.device), self.latent_shape(resolution)[1:])
         return self.sample(len(low_resolution), resolution, options, condition=condition, generator=generator).cpu()
+
+    @torch.no_grad()
+    def synthesize(self, part_maps: Tensor, options: SamplerOptions | None = None, *,
+                   generator: torch.Generator | None = None) -> Tensor:
+        """Semantic synthesis (Sec. 4.3.2): part maps, integer (B, H, H) -> images (B, 3, H, H),
+        sampled with ``options`` (:meth:`sample`). A map larger than the training images gives
+        a larger image, the map supplying the layout the UNet's receptive field cannot see."""
+        if self.kind != "semantic":
+            raise ValueError(f"this model does {self.kind}, not semantic synthesis")
+        resolution = part_maps.shape[-1]
+        if part_maps.shape[-2] != resolution:
+            raise ValueError(f"part maps must be square, got {tuple(part_maps.shape[-2:])}")
+        condition = semantic_condition(part_maps.to(self.device), len(self.config.conditioning.class_names),
+                                       self.latent_shape(resolution)[1:])
+        return self.sample(len(part_maps), resolution, options, condition=condition, generator=generator).cpu()

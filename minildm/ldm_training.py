@@ -25,10 +25,10 @@ from minildm import checkpoint as ckpt
 from minildm import distributed
 from minildm.autoencoder import PixelSpace
 from minildm.autoencoder_training import load_autoencoder
-from minildm.conditioning import TOKEN_KINDS, ConditioningConfig
+from minildm.conditioning import TOKEN_KINDS, ConditioningConfig, mirror_layout
 from minildm.config import MinildmError, Profile
 from minildm.data.images import uint8_to_float
-from minildm.image_conditions import downsample, random_masks, superres_condition
+from minildm.image_conditions import downsample, random_masks, semantic_condition, superres_condition
 from minildm.ldm import DEFAULT_GUIDANCE, LatentDiffusion, LDMConfig
 from minildm.nn import set_gradient_checkpointing
 from minildm.recipes import ldm_config
@@ -80,16 +80,20 @@ def training_conditions(run_dir: Path, model: LatentDiffusion, pixels: Tensor, c
                         seed: int = 0) -> Tensor | None:
     """The condition of each row of :func:`cached_latents` (images, then mirror images).
 
-    Token conditions (N, ...) are repeated for the mirror images. Inpainting draws one random
-    mask per row and encodes the masked images, super-resolution downsamples the images;
-    both are kept in the run folder as ``conditions.safetensors``.
+    Token conditions (N, ...) are repeated for the mirror images (a layout mirrored with
+    them); part maps (N, R, R) of a semantic model become the UNet's extra input, mirrored
+    for the mirror images. Inpainting draws one random mask per row and encodes the masked
+    images, super-resolution downsamples the images; both are kept in the run folder as
+    ``conditions.safetensors``.
     """
     if model.kind == "none":
         return None
-    if model.kind in TOKEN_KINDS:
+    if model.kind in (*TOKEN_KINDS, "semantic"):
         if conditions is None or len(conditions) != len(pixels):
             raise MinildmError(f"a {model.kind}-conditioned model needs one condition per training image")
-        return torch.cat([conditions, conditions])
+        if model.kind == "semantic":
+            return semantic_conditions(model, conditions, pixels.shape[-1])
+        return torch.cat([conditions, mirror_layout(conditions) if model.kind == "layout" else conditions])
     path = run_dir / "conditions.safetensors"
     tensors, metadata = _read_cache(path)
     if metadata.get("n_images") == len(pixels) and metadata.get("kind") == model.kind:
@@ -105,6 +109,14 @@ def training_conditions(run_dir: Path, model: LatentDiffusion, pixels: Tensor, c
     result = torch.cat(parts)  # (2N, ...)
     ckpt.save_atomic({"conditions": result}, path, {"n_images": len(pixels), "kind": model.kind})
     return result
+
+
+def semantic_conditions(model: LatentDiffusion, part_maps: Tensor, resolution: int) -> Tensor:
+    """Part maps (N, R, R) -> the extra input of the images and of their mirror images (2N, P, h, w)."""
+    if part_maps.shape[1:] != (resolution, resolution):
+        raise MinildmError(f"part maps of shape {tuple(part_maps.shape[1:])} for {resolution} px images")
+    parts, size = len(model.config.conditioning.class_names), model.latent_shape(resolution)[1:]
+    return torch.cat([semantic_condition(part_maps, parts, size), semantic_condition(part_maps.flip(-1), parts, size)])
 
 
 @dataclass

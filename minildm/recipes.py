@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
 from minildm.autoencoder import Autoencoder, AutoencoderConfig
-from minildm.conditioning import MIN_TEXT_LENGTH, TOKEN_KINDS, ConditioningConfig, WordTokenizer
+from minildm.conditioning import MIN_TEXT_LENGTH, TOKEN_KINDS, ConditioningConfig, WordTokenizer, layout_tensor
 from minildm.config import MinildmError, Profile
+from minildm.data.images import float_to_uint8
+from minildm.data.toyface_parts import PARTS, generate_parts
 from minildm.diffusion import DiffusionConfig
 from minildm.image_conditions import extra_input_channels
 from minildm.ldm import LDMConfig
@@ -39,7 +42,7 @@ def ldm_config(profile: Profile, autoencoder: Autoencoder, *, use_scale_factor: 
     conditioning input channels (:func:`~minildm.image_conditions.extra_input_channels`)."""
     preset, conditioning = profile.ldm, conditioning or ConditioningConfig()
     channels = autoencoder.config.latent_channels
-    extra = extra_input_channels(conditioning.kind, channels)
+    extra = extra_input_channels(conditioning.kind, channels, parts=len(conditioning.class_names))
     context = conditioning.channels if conditioning.kind in TOKEN_KINDS else None
     unet = UNetConfig(in_channels=channels + extra, out_channels=channels, base_channels=preset.base_channels,
                       channel_mult=preset.channel_mult, res_blocks=preset.res_blocks,
@@ -75,12 +78,17 @@ def conditioning_config(kind: str, dataset, attributes: Sequence[str] | None = N
         longest = max(len(WordTokenizer.words(text)) for text in dataset.captions)
         # room for prompts longer than the training captions: at least 31 words
         return ConditioningConfig(kind, vocabulary=vocabulary, max_length=max(MIN_TEXT_LENGTH, longest + 1), **settings)
+    if kind in ("semantic", "layout"):
+        if dataset.info.get("source") != "toyfaces":
+            raise MinildmError(f"{kind} conditioning needs part labels, which only --dataset toyfaces has")
+        return ConditioningConfig(kind, class_names=list(PARTS), **settings)
     return ConditioningConfig(kind, **settings)
 
 
 def condition_tensor(config: ConditioningConfig, dataset) -> Tensor:
-    """Each image's condition as the encoder reads it: class indices (N,), attributes bool
-    (N, A) in the order of ``config.attribute_names``, or caption ids (N, max_length)."""
+    """Each image's condition as the model reads it: class indices (N,), attributes bool
+    (N, A) in the order of ``config.attribute_names``, caption ids (N, max_length), part maps
+    uint8 (N, R, R) or layouts (N, P, 5) of toy faces (drawn again with their labels)."""
     if config.kind == "class":
         return dataset.labels.long()
     if config.kind == "attributes":
@@ -88,4 +96,17 @@ def condition_tensor(config: ConditioningConfig, dataset) -> Tensor:
         return dataset.attributes[:, columns].bool()
     if config.kind == "text":
         return WordTokenizer(config.vocabulary).encode(dataset.captions, config.max_length)
+    if config.kind in ("semantic", "layout"):
+        maps, boxes, present = toyface_labels(dataset)
+        return maps if config.kind == "semantic" else layout_tensor(boxes, present)
     raise ValueError(f"{config.kind!r} conditions are images, made by minildm.image_conditions")
+
+
+def toyface_labels(dataset) -> tuple[Tensor, Tensor, Tensor]:
+    """The part maps, boxes and flags of a toy-face data set, drawn again from its seed and
+    start (:func:`~minildm.data.toyface_parts.generate_parts`), checked against its images."""
+    info, resolution = dataset.info, dataset.pixels.shape[-1]
+    images, _, maps, boxes, present = generate_parts(len(dataset), resolution, info["seed"], info["start"])
+    if not torch.equal(float_to_uint8(images), dataset.pixels):
+        raise MinildmError("the toy faces could not be drawn again with their labels: prepare the data again")
+    return maps, boxes, present

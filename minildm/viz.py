@@ -24,6 +24,13 @@ def image_grid(images: torch.Tensor, ncols: int = 8, padding: int = 1) -> torch.
     return float_to_uint8(grid)
 
 
+def part_map_image(part_maps: torch.Tensor, parts: int) -> torch.Tensor:
+    """Part maps, integer (B, H, W), as images (B, 3, H, W) in [-1, 1]: one colour of
+    matplotlib's ``tab20`` per part, to show a map beside what was drawn from it."""
+    palette = torch.tensor(plt.get_cmap("tab20").colors[:parts], dtype=torch.float32) * 2 - 1  # (P, 3)
+    return rearrange(palette[part_maps.long()], "b h w c -> b c h w")
+
+
 def save_grid(images: torch.Tensor, path: str | Path, ncols: int = 8, scale: int = 1) -> Path:
     """Write a grid of images (B, 3, H, W) in [-1, 1] as a PNG, enlarged ``scale`` times."""
     grid = Image.fromarray(image_grid(images, ncols).numpy())

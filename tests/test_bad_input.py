@@ -15,10 +15,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from minildm import checkpoint as ckpt
 from minildm.app.cli import main
+from minildm.app.part_inputs import write_part_map
 
 pytestmark = pytest.mark.integration  # trains models or runs whole commands: `make unit` leaves this file out
 
@@ -94,6 +96,22 @@ CASES = [
     ("sample --ldm {text} --out {tmp}/s.png --prompt '\U0001F600'", "empty request"),
     ("sample --ldm {inpaint} --out {tmp}/s.png --inpaint {fifo} --mask {face}", "is not a regular file"),
     ("sample --ldm {badldm} --out {tmp}/s.png", "model.unet.channel_mult[1] must be a whole number"),
+    ("sample --ldm {semantic} --out {tmp}/s.png", "give --map FILE"),
+    ("sample --ldm {semantic} --out {tmp}/s.png --map {tmp}/none.png", "--map: no such file"),
+    ("sample --ldm {semantic} --out {tmp}/s.png --map {face}", "is a RGB image: a part map is a grayscale PNG"),
+    ("sample --ldm {semantic} --out {tmp}/s.png --map {map}", "draws 32 x 32 px"),
+    ("sample --ldm {semantic} --out {tmp}/s.png --map {map} --scale 2", "unknown part 11 at x = 3, y = 5"),
+    ("sample --ldm {semantic} --out {tmp}/s.png --map {fifo}", "is not a regular file"),
+    ("sample --ldm {semantic} --out {tmp}/s.png --map {map} --scale 5", "--scale must be 1 to 4"),
+    ("sample --ldm {inpaint} --out {tmp}/s.png --inpaint {face} --mask {face} --scale 2", "--scale must be 1"),
+    ("sample --ldm {ldm} --out {tmp}/s.png --map {map}", "--map does not apply to a model conditioned on none"),
+    ("sample --ldm {layout} --out {tmp}/s.png --layout '{{\"skin\": [0.2, 0.2, 0.8, 0.8]'", "not valid JSON"),
+    ("sample --ldm {layout} --out {tmp}/s.png --layout '[1, 2]'", "no such file"),
+    ("sample --ldm {layout} --out {tmp}/s.png --layout '{{\"wings\": [0, 0, 1, 1]}}'", "unknown part 'wings'"),
+    ("sample --ldm {layout} --out {tmp}/s.png --layout '{{\"hat\": [0, 0, 1.5, 1]}}'", "reaches outside the image"),
+    ("sample --ldm {layout} --out {tmp}/s.png --layout '{{\"hat\": [0.5, 0, 0.2, 1]}}'", "is empty"),
+    ("sample --ldm {layout} --out {tmp}/s.png --layout '{{\"hat\": [0, 0, 1]}}'", "must be four numbers"),
+    ("sample --ldm {layout} --out {tmp}/s.png --layout {file}", "not valid JSON"),
     # evaluate
     ("evaluate --ae {ae} --n 0", "expected a positive integer"),
     ("evaluate --ae {tmp}/none", "no config.json"),
@@ -135,7 +153,8 @@ def paths(tmp_path_factory):
 
 def make_paths(tmp: Path, common: list[str]) -> dict[str, Path]:
     assert main(["train-ae", *common, "--n", "32", "--steps", "2", "--out", str(tmp / "ae")]) == 0
-    for name, extra in (("ldm", []), ("text", ["--cond", "text"]), ("inpaint", ["--cond", "inpaint"])):
+    for name, extra in (("ldm", []), ("text", ["--cond", "text"]), ("inpaint", ["--cond", "inpaint"]),
+                        ("semantic", ["--cond", "semantic"]), ("layout", ["--cond", "layout"])):
         assert main(["train-ldm", *common, "--ae", str(tmp / "ae"), "--steps", "2", "--out", str(tmp / name),
                      *extra]) == 0
     spoiled_copy(tmp / "ae", tmp / "badae", ["data", "n"], "32")  # config.json with a wrong type
@@ -147,13 +166,18 @@ def make_paths(tmp: Path, common: list[str]) -> dict[str, Path]:
     Image.new("RGB", (32, 32), (200, 150, 120)).save(tmp / "face.png")
     Image.new("L", (16, 16), 255).save(tmp / "small_mask.png")
     os.mkfifo(tmp / "pipe.png")  # reading it would wait for a writer forever
+    part_map = torch.zeros(64, 64, dtype=torch.uint8)
+    part_map[5, 3] = 11  # one past the last part
+    write_part_map(part_map, tmp / "map.png")
+
     readonly = tmp / "readonly"  # a folder nobody may write into; root may write anywhere but /sys
     readonly.mkdir()
     readonly.chmod(0o555)
     return {"tmp": tmp, "ae": tmp / "ae", "ldm": tmp / "ldm", "text": tmp / "text", "inpaint": tmp / "inpaint",
             "file": tmp / "file.txt", "empty": tmp / "empty", "one": tmp / "one", "face": tmp / "face.png",
             "small_mask": tmp / "small_mask.png", "readonly": Path("/sys") if os.geteuid() == 0 else readonly,
-            "out": tmp / "out", "fifo": tmp / "pipe.png", "badae": tmp / "badae", "badldm": tmp / "badldm"}
+            "out": tmp / "out", "fifo": tmp / "pipe.png", "badae": tmp / "badae", "badldm": tmp / "badldm",
+            "semantic": tmp / "semantic", "layout": tmp / "layout", "map": tmp / "map.png"}
 
 
 def spoiled_copy(source: Path, target: Path, key_path: list[str], value) -> None:

@@ -11,7 +11,9 @@ from PIL import Image
 
 from minildm.app import evaluate_command
 from minildm.app.cli import main
+from minildm.app.part_inputs import write_part_map
 from minildm.config import data_dir
+from minildm.data.toyface_parts import generate_parts
 from minildm.evaluation.judge import OUTPUTS, AttributeClassifier, ToyFaceJudge
 
 pytestmark = pytest.mark.integration  # trains models or runs whole commands: `make unit` leaves this file out
@@ -190,7 +192,7 @@ def test_conditional_models_from_the_command_line(tmp_path, capsys, monkeypatch)
     common = ("--profile", "tiny")
     ae = tmp_path / "ae"
     assert main(["train-ae", *common, "--n", "48", "--steps", "2", "--out", str(ae)]) == 0
-    for kind in ("attributes", "text", "inpaint", "superres"):
+    for kind in ("attributes", "text", "inpaint", "superres", "semantic", "layout"):
         assert main(["train-ldm", *common, "--ae", str(ae), "--cond", kind, "--steps", "2",
                      "--out", str(tmp_path / kind)]) == 0
     face = tmp_path / "face.png"
@@ -199,6 +201,16 @@ def test_conditional_models_from_the_command_line(tmp_path, capsys, monkeypatch)
     Image.new("L", (64, 64), 0).save(mask)
     Image.new("L", (64, 64), 255).save(tmp_path / "hole.png")  # a mask covers its image pixel for pixel
     grid = tmp_path / "grid.png"
+    part_map = generate_parts(1, resolution=64, seed=3)[2][0]  # a face drawn at twice the training size
+    write_part_map(part_map, tmp_path / "map.png")
+    for kind, options in [("semantic", ["--map", str(tmp_path / "map.png"), "--scale", "2"]),
+                          ("layout", ["--layout", '{"skin": [0.3, 0.3, 0.7, 0.8], "hat": [0.2, 0.0, 0.8, 0.3]}']),
+                          ("superres", ["--scale", "1", "--upscale", str(face)])]:
+        capsys.readouterr()
+        assert main(["sample", *common, "--ldm", str(tmp_path / kind), "--n", "3", "--steps", "2", *options,
+                     "--out", str(grid)]) == 0, capsys.readouterr().err
+        tile = 2 * ((64 if kind == "semantic" else 32) + 2)  # a pixel of white around each image, doubled
+        assert Image.open(grid).size == (8 * tile, tile)  # one row (semantic, superres: the input first)
     for kind, options in [("attributes", ["--attributes", "Smiling,Eyeglasses", "--guidance", "2"]),
                           ("text", ["--prompt", "a smiling face with blond hair"]),
                           ("inpaint", ["--inpaint", str(face), "--mask", str(tmp_path / "hole.png")]),

@@ -22,20 +22,16 @@ from minildm.autoencoder_training import AutoencoderTraining, load_autoencoder, 
 from minildm.conditioning import KINDS, TOKEN_KINDS
 from minildm.config import MinildmError, Profile, get_profile
 from minildm.app.course_commands import add_course
-from minildm.data.images import UNREADABLE_ERRORS, NotRegularFile, image_size, read_image
 from minildm.app.demo import run_demo
 from minildm.evaluation import bench
-from minildm.image_conditions import mask_from_image
 from minildm.app.evaluate_command import add_evaluate
+from minildm.app.sample_command import add_sample
 from minildm.app.interop_commands import add_export, add_import_ae
-from minildm.ldm import DEFAULT_GUIDANCE, LatentDiffusion
-from minildm.ldm_training import LDMTraining, load_ldm, train_ldm
-from minildm.app.options import (Parser, attribute_list, check_memory, command, data_options, guidance_scale,
-                                 image_bytes, integer_list, load_data, load_seen, load_training_data,
-                                 non_negative_integer, output_folder, png_file, positive_integer,
-                                 requested_condition, training_bytes, unit_interval)
+from minildm.ldm_training import LDMTraining, train_ldm
+from minildm.app.options import (Parser, attribute_list, check_memory, command, data_options, image_bytes,
+                                 integer_list, load_data, load_seen, load_training_data, non_negative_integer,
+                                 output_folder, png_file, positive_integer, training_bytes)
 from minildm.recipes import autoencoder_config, condition_tensor, conditioning_config
-from minildm.sampling import SamplerOptions
 from minildm.trainer import PRECISIONS
 from minildm.unet import forward_flops, parameter_count
 from minildm.viz import save_grid
@@ -165,8 +161,8 @@ def add_train_ldm(commands) -> None:
     parser = command(commands, "train-ldm", "train the latent diffusion model (stage 2)", run_train_ldm)
     parser.add_argument("--ae", type=Path, required=True, help="the autoencoder run folder (stage 1)")
     parser.add_argument("--cond", default="none", choices=list(KINDS),
-                        help="conditioning: none (unconditional), class, attributes, text (cross-attention), "
-                        "inpaint or superres (concatenated input)")
+                        help="conditioning: none (unconditional), class, attributes, text, layout (cross-attention), "
+                        "inpaint, superres or semantic (concatenated input); layout and semantic: toy faces only")
     parser.add_argument("--attributes", help="with --cond attributes: comma-separated names to condition on "
                         "(default: all of the data set's)")
     parser.add_argument("--n", type=positive_integer, help="training images (default: those the autoencoder saw)")
@@ -188,7 +184,7 @@ def run_train_ldm(args: argparse.Namespace, profile: Profile) -> None:
     if args.cond != "none":
         names = attribute_list(args.attributes) if args.attributes else None
         conditioning = conditioning_config(args.cond, train, attributes=names)
-        if args.cond in TOKEN_KINDS:
+        if args.cond in (*TOKEN_KINDS, "semantic"):
             conditions = condition_tensor(conditioning, train)
     started = time.perf_counter()
     training = LDMTraining(profile=profile, steps=args.steps, seed=args.seed, conditioning=conditioning,
@@ -200,118 +196,6 @@ def run_train_ldm(args: argparse.Namespace, profile: Profile) -> None:
     print(f"trained in {minutes:.1f} min; UNet {parameter_count(model.unet) / 1e6:.2f} M parameters, "
           f"{forward_flops(model.unet, latent_shape) / 1e6:.0f} MFLOPs per forward pass on latents "
           f"{latent_shape}; run folder {args.out}")
-
-
-# sample
-def add_sample(commands) -> None:
-    from minildm.sampling import SAMPLERS, SPACINGS  # here: only this command's options use them
-
-    parser = command(commands, "sample", "draw images from a trained model into a PNG grid", run_sample)
-    parser.add_argument("--ldm", type=Path, required=True, help="a latent diffusion run folder")
-    parser.add_argument("--n", type=positive_integer, default=64, help="number of images (default 64)")
-    parser.add_argument("--sampler", default="ddim", choices=list(SAMPLERS),
-                        help="default ddim; dpm++2m (DPM-Solver++) needs fewer steps, e.g. 20")
-    parser.add_argument("--steps", type=positive_integer, default=50,
-                        help="DDIM or DPM-Solver++ steps (default 50; DDPM uses all)")
-    parser.add_argument("--eta", type=unit_interval, default=0.0, help="DDIM noise: 0 deterministic, 1 like DDPM")
-    parser.add_argument("--spacing", default="linspace", choices=list(SPACINGS),
-                        help="DDIM and DPM-Solver++ time steps: linspace from T-1 to 0 (default), or leading, "
-                        "multiples of T // steps as an exported diffusers pipeline takes")
-    parser.add_argument("--prompt", help="text model: the caption to draw")
-    parser.add_argument("--attributes", help="attribute model: comma-separated attributes to draw, e.g. "
-                        "Smiling,Eyeglasses (the others absent)")
-    parser.add_argument("--label", help="class model: the name of the class to draw")
-    parser.add_argument("--guidance", type=guidance_scale, default=DEFAULT_GUIDANCE,
-                        help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE}; 1 = none)")
-    parser.add_argument("--inpaint", type=Path, help="inpainting model: the image to complete")
-    parser.add_argument("--mask", type=Path, help="with --inpaint: an image, white where to generate")
-    parser.add_argument("--upscale", type=Path, help="super-resolution model: the image to enlarge")
-    parser.add_argument("--out", type=png_file, required=True, help="PNG file for the grid")
-
-
-def run_sample(args: argparse.Namespace, profile: Profile) -> None:
-    model = load_ldm(args.ldm, profile.device)
-    resolution = ckpt.read_training_data(args.ldm)["resolution"]
-    check_memory(_sampling_bytes(model, args.n, resolution), f"sampling {args.n:,} images of {resolution} px",
-                 profile.device)
-    started = time.perf_counter()
-    try:
-        shown, images = _draw(args, model, resolution)
-    except ValueError as error:
-        raise MinildmError(str(error)) from None
-    seconds = time.perf_counter() - started
-    print(f"{args.n} samples in {seconds:.1f} s ({args.sampler}, "
-          f"{model.diffusion.timesteps if args.sampler == 'ddpm' else args.steps} steps): "
-          f"{save_grid(torch.cat([shown, images.cpu()]), args.out, scale=2)}")
-
-
-def _sampling_bytes(model: LatentDiffusion, n: int, resolution: int) -> int:
-    """Memory of one sampling batch of ``n``, float32: its latents four times over (x_t, x_0 and
-    the UNet's outputs for the conditioned and the null batch) and its decoded images; the
-    networks' activations come on top, so this is a lower bound."""
-    channels, height, width = model.latent_shape(resolution)
-    return 4 * n * channels * height * width * 4 + image_bytes(n, resolution, bytes_per_value=4)
-
-
-def _draw(args: argparse.Namespace, model: LatentDiffusion, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """What ``sample`` asks of the model: (the input to show first in the grid, the samples)."""
-    generator = torch.Generator().manual_seed(args.seed)
-    options = SamplerOptions(sampler=args.sampler, steps=args.steps, eta=args.eta, spacing=args.spacing, progress=True)
-    n = args.n
-    if model.kind == "inpaint":
-        image = _read_image(args.inpaint, "--inpaint", resolution)
-        mask = mask_from_image(_read_image(args.mask, "--mask", resolution))
-        _check_same_size(args.inpaint, args.mask)
-        if mask.sum() == 0:
-            raise MinildmError(f"the mask {args.mask} is black everywhere: paint white where to generate")
-        filled = model.inpaint(image.expand(n, -1, -1, -1), mask.expand(n, -1, -1, -1), options, generator=generator)
-        return image * (1 - mask), filled  # first: what the model sees
-    if model.kind == "superres":
-        factor = model.config.conditioning.superres_factor
-        low = _read_image(args.upscale, "--upscale", resolution // factor)
-        shown = torch.nn.functional.interpolate(low, scale_factor=factor, mode="nearest")
-        return shown, model.upscale(low.expand(n, -1, -1, -1), options, generator=generator)
-    condition = _token_condition(args, model)
-    if condition is not None:
-        condition = condition.expand(n, *condition.shape[1:])  # the same for every sample
-    images = model.sample(n, resolution, options, condition=condition, guidance=args.guidance, generator=generator)
-    return torch.empty(0, 3, resolution, resolution), images
-
-
-def _token_condition(args: argparse.Namespace, model: LatentDiffusion) -> torch.Tensor | None:
-    """The one condition (1, ...) that ``--prompt``, ``--attributes`` or ``--label`` asks for;
-    None (the null condition) when none is given."""
-    given = {option: value for option, value in (("--prompt", args.prompt), ("--attributes", args.attributes),
-                                                 ("--label", args.label)) if value is not None}
-    expected = {"text": "--prompt", "attributes": "--attributes", "class": "--label"}.get(model.kind)
-    wrong = sorted(set(given) - {expected})
-    if wrong:
-        raise MinildmError(f"{', '.join(wrong)} does not apply to a model conditioned on {model.kind}"
-                           + (f": use {expected}" if expected else ""))
-    return requested_condition(model.config.conditioning, given[expected]) if expected in given else None
-
-
-def _check_same_size(image: Path, mask: Path) -> None:
-    """A mask must cover its image pixel for pixel: a mask of another size would be stretched."""
-    sizes = [image_size(path) for path in (image, mask)]
-    if sizes[0] != sizes[1]:
-        raise MinildmError(f"the mask {mask} is {sizes[1][0]} x {sizes[1][1]} px and the image {image} "
-                           f"{sizes[0][0]} x {sizes[0][1]} px: give a mask of the image's size")
-
-
-def _read_image(path: Path | None, option: str, resolution: int) -> torch.Tensor:
-    """The image file an option names, (1, 3, R, R) in [-1, 1], or one line saying why not."""
-    if path is None:
-        raise MinildmError(f"this model needs {option} IMAGE")
-    try:
-        return read_image(path, resolution)
-    except FileNotFoundError:
-        raise MinildmError(f"{option}: no such file: {path}") from None
-    except NotRegularFile:
-        raise MinildmError(f"{option}: {path} is not a regular file (a folder, FIFO or device): "
-                           "give an image file") from None
-    except UNREADABLE_ERRORS as error:
-        raise MinildmError(f"{option}: cannot read {path} as an image ({type(error).__name__})") from None
 
 
 # bench

@@ -2,6 +2,7 @@
 
 - :mod:`~minildm.data.toyfaces`: the offline data set, faces drawn from a seed, with
   CelebA-style attributes and captions;
+- :mod:`~minildm.data.toyface_parts`: the part map (a class per pixel) and part boxes of every toy face;
 - :mod:`~minildm.data.images`: any image file to a square RGB tensor, and uint8 <-> [-1, 1];
 - :mod:`~minildm.data.sources`: image folders, CelebA attribute files, Hugging Face datasets;
 - :mod:`~minildm.data.dataset`: :func:`load_images`, the one entry point for every source,

@@ -12,7 +12,8 @@ laptops have a real generative task without any network access:
   face renders at any resolution: 32 px for quick experiments, 64-256 px for super-resolution.
 
 Rendering is vectorised: each layer (background, hair, face, eyes, ...) is computed for a
-whole batch at once on the pixel grid and alpha-blended over the layers below it.
+whole batch at once on the pixel grid and alpha-blended over the layers below it. The part map and
+part boxes of every face (which part each pixel shows) come from :mod:`minildm.data.toyface_parts`.
 
 Example::
 
@@ -171,6 +172,7 @@ class Canvas:
     u, v. Keeping u as (N, 1, R) and v as (N, R, 1) lets broadcasting make every shape
     (N, R, R) without storing full coordinate grids.
     """
+    planes = ("rgb",)  # the per-pixel tensors, sliced alike by `crop`
 
     def __init__(self, p: dict[str, Tensor], resolution: int):
         centres = (torch.arange(resolution) + 0.5) * (2 / resolution) - 1
@@ -190,7 +192,8 @@ class Canvas:
         part = copy.copy(self)
         part.x, part.u = self.x[..., c0:c1], self.u[..., c0:c1]
         part.y, part.v = self.y[:, r0:r1], self.v[:, r0:r1]
-        part.pixel, part.rgb = self.pixel, self.rgb[:, :, r0:r1, c0:c1]  # a view: painting it paints self
+        for name in self.planes:  # views (..., r, c): painting them paints self
+            setattr(part, name, getattr(self, name)[..., r0:r1, c0:c1])
         return part
 
     def blend(self, alpha: Tensor, color: Tensor) -> None:
