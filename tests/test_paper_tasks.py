@@ -12,6 +12,7 @@ from minildm.config import MinildmError, get_profile
 from minildm.data import ImageDataset, load_images
 from minildm.data.images import float_to_uint8
 from minildm.data.toyface_parts import PARTS, generate_parts
+from minildm.evaluation.part_scores import box_agreement, map_agreement, shuffled, tiled
 from minildm.image_conditions import extra_input_channels, semantic_condition
 from minildm.ldm_training import LDMTraining, load_ldm, semantic_conditions, train_ldm
 from minildm.recipes import condition_tensor, conditioning_config
@@ -127,3 +128,31 @@ def test_semantic_and_layout_conditions_come_from_toy_faces_only():
     toy.pixels[0, 0, 0, 0] ^= 1  # no longer the faces its seed draws
     with pytest.raises(MinildmError, match="could not be drawn again"):
         condition_tensor(conditioning_config("semantic", toy), toy)
+
+
+class ReadsBack:
+    """A stand-in segmenter whose reading of image i is ``maps[i]``."""
+
+    def __init__(self, maps):
+        self.maps = maps
+
+    def segment(self, images, resize=True):
+        return self.maps[:len(images)]
+
+
+def test_box_agreement_scores_each_asked_part_but_the_background():
+    found = torch.zeros(1, 10, 10, dtype=torch.uint8)
+    found[0, 2:6, 2:6] = PARTS.index("skin")  # the skin fills x, y in [0.2, 0.6]
+    asked = torch.zeros(1, len(PARTS), 5)
+    asked[0, PARTS.index("background")] = torch.tensor([1, 0.0, 0.0, 1.0, 1.0])  # left out of the score
+    asked[0, PARTS.index("skin")] = torch.tensor([1, 0.2, 0.2, 0.6, 0.4])  # half of the skin's box: IoU 1/2
+    asked[0, PARTS.index("hat")] = torch.tensor([1, 0.1, 0.0, 0.9, 0.2])  # no hat found: 0
+    images = torch.zeros(1, 3, 10, 10)
+    assert box_agreement(ReadsBack(found), images, asked) == pytest.approx(0.25)
+    assert map_agreement(ReadsBack(found), images, found) == 1.0
+
+
+def test_shuffled_pairs_every_row_with_another_and_tiled_puts_four_faces_in_a_square():
+    maps = torch.arange(4)[:, None, None].expand(4, 2, 2)
+    assert shuffled(maps)[:, 0, 0].tolist() == [3, 0, 1, 2]
+    assert tiled(maps)[0].tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]

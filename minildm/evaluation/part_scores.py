@@ -1,0 +1,53 @@
+"""How well samples follow a part map or a layout (LDM Sec. 4.3), read by the toy-face segmenter.
+
+- Semantic synthesis: the segmenter's part map of each sample against the map it was drawn
+  from, by mIoU (:func:`map_agreement`).
+- Layout-to-image: for each part the layout asks for, the IoU of the asked box with the box
+  of that part in the sample's segmented map, 0 where the part is missing; the mean over all
+  asked parts but the background, whose box is nearly always the whole image
+  (:func:`box_agreement`).
+
+Each score needs its reference points, which :func:`shuffled` and :func:`tiled` make: the
+same samples against another sample's map or layout (what agreement by chance gives), and
+maps of four faces at twice the size (sampling beyond the training size, Sec. 4.3.2). The
+segmenter's own mIoU on real renders is the ceiling.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import Tensor
+
+from minildm.data.toyface_parts import PARTS, part_boxes
+from minildm.evaluation.segmenter import ToyFaceSegmenter, box_iou, miou
+
+BACKGROUND = PARTS.index("background")
+
+
+def map_agreement(segmenter: ToyFaceSegmenter, images: Tensor, part_maps: Tensor, *, resize: bool = True) -> float:
+    """mIoU between the segmenter's maps of ``images`` (N, 3, H, W) and ``part_maps`` (N, H, W).
+    ``resize`` False reads each image at its own size (faces drawn at the training scale on a
+    larger canvas)."""
+    return miou(segmenter.segment(images, resize=resize), part_maps)
+
+
+def box_agreement(segmenter: ToyFaceSegmenter, images: Tensor, layouts: Tensor) -> float:
+    """Mean IoU between each asked box of ``layouts`` (N, P, 5: flag, box) but the background's
+    and the box of the same part in the segmented ``images``; a part not found scores 0."""
+    found, found_present = part_boxes(segmenter.segment(images))  # (N, P, 4), (N, P)
+    asked = layouts[..., 0] > 0.5  # (N, P)
+    asked[:, BACKGROUND] = False
+    scores = box_iou(layouts[..., 1:], found) * found_present  # (N, P)
+    return scores[asked].mean().item()
+
+
+def shuffled(conditions: Tensor) -> Tensor:
+    """Each row's condition replaced by the next row's (the last by the first): every sample
+    is scored against a map or layout it was not drawn from."""
+    return conditions.roll(1, dims=0)
+
+
+def tiled(part_maps: Tensor) -> Tensor:
+    """Maps (4N, R, R) -> (N, 2R, 2R): four faces side by side and one above the other."""
+    return rearrange(part_maps[:len(part_maps) // 4 * 4], "(n a b) h w -> n (a h) (b w)", a=2, b=2)
