@@ -6,6 +6,8 @@
   attributes off samples, and its features for an offline toy-face FID;
 - :mod:`~minildm.evaluation.segmenter`: a small network trained on toy faces that reads part maps
   off samples, with mIoU and box IoU;
+- :mod:`~minildm.evaluation.part_scores`: how well samples follow their part maps (semantic
+  synthesis) or layouts (layout-to-image), beside shuffled requests;
 - :mod:`~minildm.evaluation.agreement`: does a sample show what was asked for? Raw and
   balanced agreement with a classifier's reading, and the shuffled-request baseline;
 - :mod:`~minildm.evaluation.scores`: the scores of each kind of model: reconstruction
