@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 
 from minildm.app import evaluate_command
+from minildm.evaluation import part_scores
+from minildm.evaluation.segmenter import PartSegmenter, ToyFaceSegmenter
 from minildm.app.cli import main
 from minildm.app.part_inputs import write_part_map
 from minildm.config import data_dir
@@ -220,6 +222,15 @@ def test_conditional_models_from_the_command_line(tmp_path, capsys, monkeypatch)
                      "--out", str(grid)]) == 0, capsys.readouterr().err
         assert Image.open(grid).size == (2 * 8 * 34, 2 * 34)  # one row (inpaint, superres: the input first)
         assert "3 samples" in capsys.readouterr().out
+
+    untrained_reader = ToyFaceSegmenter(PartSegmenter(), {}, 0.0)  # reads something: training it takes 1.5 min
+    monkeypatch.setattr(part_scores, "load_segmenter", lambda: untrained_reader)
+    for kind in ("semantic", "layout"):
+        capsys.readouterr()
+        assert main(["evaluate", *common, "--ldm", str(tmp_path / kind), "--n", "8"]) == 0
+        metrics = json.loads(capsys.readouterr().out)
+        assert metrics["n_samples"] == 8 and ("unconditional" in metrics) == (kind == "layout")
+        assert all(0 <= metrics[key] <= 1 for key in ("asked", "shuffled", "segmenter_on_real"))
 
     capsys.readouterr()
     assert main(["evaluate", *common, "--ldm", str(tmp_path / "superres"), "--n", "8"]) == 0

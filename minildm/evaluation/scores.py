@@ -30,6 +30,7 @@ from minildm.data import ImageDataset, toyfaces
 from minildm.data.images import float_to_uint8, uint8_to_float
 from minildm.evaluation.judge import ToyFaceJudge
 from minildm.evaluation.metrics import InceptionFeatures, feature_distances, psnr, ssim
+from minildm.evaluation.part_scores import evaluate_parts
 from minildm.image_conditions import bicubic_upsample, downsample, paste, random_masks
 from minildm.ldm import DEFAULT_GUIDANCE, LatentDiffusion, evaluating
 from minildm.recipes import condition_tensor
@@ -174,11 +175,14 @@ def evaluate_conditional(model: LatentDiffusion, held_out: ImageDataset, judge: 
     (toy faces only: ``judge``), raw and balanced, beside three reference points: the same
     samples against shuffled requests, the model's own null condition (an unconditional model)
     against the requests, and the judge on the real held-out images; PSNRs against baselines for
-    inpainting and super-resolution."""
+    inpainting and super-resolution; the segmenter's agreement for semantic and layout models
+    (:func:`~minildm.evaluation.part_scores.evaluate_parts`)."""
     if model.kind == "inpaint":
         return evaluate_inpainting(model, held_out.pixels, judge, seed=seed)
     if model.kind == "superres":
         return evaluate_superres(model, held_out.pixels, seed=seed)
+    if model.kind in ("semantic", "layout"):
+        return evaluate_parts(model, held_out, seed=seed)
     if judge is None:
         raise MinildmError("conditional samples are scored by the toy-face judge, so only toy-face models; "
                            "notebook 07 scores CelebA attributes with a classifier trained on CelebA")
