@@ -3,7 +3,9 @@
 Trains a semantic (concat) and a layout (cross-attention) LDM on the latents of a trained toy-face
 autoencoder, then prints one markdown table: the segmenter's ceiling, each task's score on
 held-out maps and layouts, its shuffled and unconditional baselines, and semantic synthesis at
-twice the training size against the same at 1x. Run from the repository root::
+twice the training size against the same at 1x; then whether the layout model's samples have
+glasses, a hat or a beard when their layout asks for one, and only then. Run from the
+repository root (a second run with the same ``--out`` and steps reuses the trained models)::
 
     .venv/bin/python benchmarks/paper_tasks.py --ae RUN_FOLDER --profile cpu --steps 1400
 
@@ -24,7 +26,7 @@ from minildm.conditioning import ConditioningConfig, layout_tensor
 from minildm.config import get_profile
 from minildm.data.images import float_to_uint8
 from minildm.data.toyface_parts import PARTS, generate_parts
-from minildm.evaluation.part_scores import box_agreement, map_agreement, shuffled, tiled
+from minildm.evaluation.part_scores import box_agreement, map_agreement, presence_agreement, shuffled, tiled
 from minildm.evaluation.segmenter import load_segmenter
 from minildm.ldm_training import LDMTraining, train_ldm
 from minildm.sampling import SamplerOptions
@@ -85,6 +87,12 @@ def main() -> None:
     print("| | mIoU (semantic) | box IoU (layout) |\n|---|---|---|")
     for name, semantic_score, layout_score in rows:
         print(f"| {name} | {semantic_score:.3f} | {layout_score:.3f} |")
+    presence = {"asked": presence_agreement(segmenter, placed, eval_layouts),
+                "shuffled": presence_agreement(segmenter, placed, shuffled(eval_layouts)),
+                "unconditional": presence_agreement(segmenter, free, eval_layouts),
+                "real faces": presence_agreement(segmenter, real, eval_layouts)}
+    print("layout model, glasses, hat and beard there when asked and only then (balanced accuracy): "
+          + ", ".join(f"{name} {value:.3f}" for name, value in presence.items()))
 
 
 if __name__ == "__main__":

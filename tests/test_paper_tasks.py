@@ -12,7 +12,7 @@ from minildm.config import MinildmError, get_profile
 from minildm.data import ImageDataset, load_images
 from minildm.data.images import float_to_uint8
 from minildm.data.toyface_parts import PARTS, generate_parts
-from minildm.evaluation.part_scores import box_agreement, map_agreement, shuffled, tiled
+from minildm.evaluation.part_scores import box_agreement, map_agreement, presence_agreement, shuffled, tiled
 from minildm.image_conditions import extra_input_channels, semantic_condition
 from minildm.ldm_training import LDMTraining, load_ldm, semantic_conditions, train_ldm
 from minildm.recipes import condition_tensor, conditioning_config
@@ -156,3 +156,14 @@ def test_shuffled_pairs_every_row_with_another_and_tiled_puts_four_faces_in_a_sq
     maps = torch.arange(4)[:, None, None].expand(4, 2, 2)
     assert shuffled(maps)[:, 0, 0].tolist() == [3, 0, 1, 2]
     assert tiled(maps)[0].tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]
+
+
+def test_presence_agreement_is_the_balanced_accuracy_of_the_optional_parts():
+    found = torch.zeros(4, 4, 4, dtype=torch.uint8)
+    found[0, 0, 0] = found[2, 0, 0] = PARTS.index("hat")  # hats on samples 0 and 2
+    found[0, 3, 3] = PARTS.index("glasses")  # glasses on sample 0
+    layouts = torch.zeros(4, len(PARTS), 5)
+    layouts[[0, 1], PARTS.index("hat"), 0] = 1  # hats asked of 0 and 1: found 1 of 2 asked, absent 1 of 2 not asked
+    layouts[0, PARTS.index("glasses"), 0] = 1  # glasses asked of 0 only: right everywhere
+    # no beard is asked of any sample: it has no balanced accuracy and is left out
+    assert presence_agreement(ReadsBack(found), torch.zeros(4, 3, 4, 4), layouts) == pytest.approx((0.5 + 1.0) / 2)

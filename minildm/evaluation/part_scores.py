@@ -5,7 +5,9 @@
 - Layout-to-image: for each part the layout asks for, the IoU of the asked box with the box
   of that part in the sample's segmented map, 0 where the part is missing; the mean over all
   asked parts but the background, whose box is nearly always the whole image
-  (:func:`box_agreement`).
+  (:func:`box_agreement`). Toy faces are centred, so the boxes of skin, hair and clothes are
+  much alike from face to face; whether the parts that come and go (glasses, hat, beard) are
+  there when asked, and only then, is scored apart (:func:`presence_agreement`).
 
 Each score needs its reference points, which :func:`shuffled` and :func:`tiled` make: the
 same samples against another sample's map or layout (what agreement by chance gives), and
@@ -26,6 +28,7 @@ from minildm.ldm import DEFAULT_GUIDANCE, LatentDiffusion
 from minildm.recipes import condition_tensor
 
 BACKGROUND = PARTS.index("background")
+OPTIONAL_PARTS = ("glasses", "hat", "beard")  # the parts a face may or may not have
 
 
 def map_agreement(segmenter: ToyFaceSegmenter, images: Tensor, part_maps: Tensor, *, resize: bool = True) -> float:
@@ -43,6 +46,20 @@ def box_agreement(segmenter: ToyFaceSegmenter, images: Tensor, layouts: Tensor) 
     asked[:, BACKGROUND] = False
     scores = box_iou(layouts[..., 1:], found) * found_present  # (N, P)
     return scores[asked].mean().item()
+
+
+def presence_agreement(segmenter: ToyFaceSegmenter, images: Tensor, layouts: Tensor) -> float:
+    """For each of :data:`OPTIONAL_PARTS`, the balanced accuracy of "the segmented sample has
+    the part" against "the layout asks for it" (the mean of the rates on asked and on not asked
+    samples, 0.5 for samples that ignore the layout); the mean over the parts."""
+    _, found = part_boxes(segmenter.segment(images))  # (N, P)
+    rates = []
+    for name in OPTIONAL_PARTS:
+        asked, seen = layouts[:, PARTS.index(name), 0] > 0.5, found[:, PARTS.index(name)]
+        if asked.all() or not asked.any():
+            continue
+        rates.append(((seen[asked].float().mean() + (~seen[~asked]).float().mean()) / 2).item())
+    return sum(rates) / len(rates) if rates else float("nan")
 
 
 def shuffled(conditions: Tensor) -> Tensor:
@@ -72,7 +89,10 @@ def evaluate_parts(model: LatentDiffusion, held_out: ImageDataset, seed: int = 0
                                generator=generator).cpu()
         free = model.sample(len(asked), held_out.resolution, generator=generator).cpu()
         result = {"score": "box IoU of the asked parts (but the background) with the segmented samples' parts",
-                  "guidance": DEFAULT_GUIDANCE, "unconditional": box_agreement(segmenter, free, asked)}
+                  "guidance": DEFAULT_GUIDANCE, "unconditional": box_agreement(segmenter, free, asked),
+                  "presence": presence_agreement(segmenter, samples, asked),
+                  "presence_shuffled": presence_agreement(segmenter, samples, shuffled(asked)),
+                  "presence_on_real": presence_agreement(segmenter, held_out.images(), asked)}
         score = box_agreement
     return {**result, "n_samples": len(asked), "asked": score(segmenter, samples, asked),
             "shuffled": score(segmenter, samples, shuffled(asked)),
