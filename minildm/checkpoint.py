@@ -220,7 +220,7 @@ def write_run_config(run_dir: Path, run_config: dict) -> None:
                                   f"(differs in: {', '.join(changed)}); choose another --out or delete it")
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".json.tmp")
+    temporary = temporary_path(path)  # one per process: every rank under torchrun writes it at once
     temporary.write_text(json.dumps(run_config, indent=2))
     temporary.replace(path)
 

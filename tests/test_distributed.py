@@ -1,6 +1,7 @@
 """Several processes with torchrun (gloo on the CPU): the same run as one process that
 accumulates their micro-batches, and a resume after one process is killed."""
 
+import multiprocessing as mp
 import os
 import subprocess
 import sys
@@ -109,3 +110,27 @@ def test_a_two_process_run_resumes_after_one_process_is_killed(tmp_path):
     again = minildm(*train, "--out", tmp_path / "run", tmp_path=tmp_path, processes=2)
     assert again.returncode == 0, again.stderr
     assert_same_run(tmp_path / "run", tmp_path / "reference", tolerance=0)
+
+
+def write_configs(root, barrier, errors):
+    """60 new run folders' config.json, each started with the other processes at the barrier."""
+    for index in range(60):
+        barrier.wait()
+        try:
+            ckpt.write_run_config(Path(root) / f"run{index}", {"stage": "ldm", "index": index})
+        except Exception as error:
+            errors.put(f"{type(error).__name__}: {error}")
+
+
+def test_processes_that_write_one_run_folder_s_config_at_once_all_succeed(tmp_path):
+    """Under torchrun every rank writes config.json into the same new folder at the same moment."""
+    context = mp.get_context("fork")
+    barrier, errors = context.Barrier(4), context.Queue()
+    workers = [context.Process(target=write_configs, args=(str(tmp_path), barrier, errors)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    failures = [errors.get() for _ in range(errors.qsize())]
+    assert failures == [] and all(worker.exitcode == 0 for worker in workers)
+    assert len(list(tmp_path.glob("run*/config.json"))) == 60 and not list(tmp_path.rglob("*.tmp"))
