@@ -331,3 +331,10 @@ def test_phone_photos_are_turned_upright_by_their_exif_orientation(tmp_path, cac
     assert opened.getpixel((20, 5))[0] > 200 and opened.getpixel((20, 50))[2] > 200  # red on top again
     loaded = load_images(str(folder), 40, cache_dir=cache, progress=False)
     assert loaded.pixels[0, 0, 2, 20] > 200 and loaded.pixels[0, 2, 37, 20] > 200
+
+
+def test_random_flip_keeps_the_images_device():
+    """On a GPU the batch is on the device while the generator draws on the CPU (found on an
+    H200: train-ae failed at its first step). The meta device stands in for the GPU here."""
+    images = torch.zeros(4, 3, 2, 2, device="meta")
+    assert data.random_flip(images, torch.Generator().manual_seed(0)).device.type == "meta"

@@ -100,7 +100,7 @@ class ImageDataset(torch.utils.data.Dataset):
 
 def random_flip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Flip each image of a batch (B, C, H, W) left-right with probability 1/2."""
-    flip = torch.rand(len(images), generator=generator) < 0.5
+    flip = (torch.rand(len(images), generator=generator) < 0.5).to(images.device)  # drawn on the CPU: one stream
     return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
