@@ -12,7 +12,8 @@ from minildm.config import MinildmError, get_profile
 from minildm.data import ImageDataset, load_images
 from minildm.data.images import float_to_uint8
 from minildm.data.toyface_parts import PARTS, generate_parts
-from minildm.evaluation.part_scores import box_agreement, map_agreement, presence_agreement, shuffled, tiled
+from minildm.evaluation.part_scores import (box_agreement, count_faces, count_regions, map_agreement,
+                                            presence_agreement, shuffled, tiled)
 from minildm.image_conditions import extra_input_channels, semantic_condition
 from minildm.ldm_training import LDMTraining, load_ldm, semantic_conditions, train_ldm
 from minildm.recipes import condition_tensor, conditioning_config
@@ -112,6 +113,20 @@ def test_a_layout_model_trains_on_mirrored_layouts_and_samples_from_a_layout(tmp
     assert samples.shape == (2, 3, 32, 32)
     assert torch.allclose(samples, model.sample(2, 32, options, condition=layouts[:2], guidance=2.0, noise=noise),
                           atol=1e-5)
+    images, maps = loaded.token_attention(layouts[:2], 32, options, generator=torch.Generator().manual_seed(0))
+    plain = loaded.sample(2, 32, options, condition=layouts[:2], generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(images, plain, atol=1e-6)  # recording the maps does not change the samples
+    assert maps.shape == (2, 1 + len(PARTS), 4, 4)  # the tiny UNet cross-attends at level 1 only: 8 x 8 latents / 2
+    assert torch.allclose(maps.sum(dim=1), torch.ones(2, 4, 4), atol=1e-5)  # a softmax over the tokens
+    absent = ~(layouts[:2, :, 0] > 0.5)  # (2, P): parts not in the layout are padding
+    assert absent.any() and maps[:, 1:][absent].abs().max() == 0
+    with pytest.raises(ValueError, match="no condition tokens"):
+        load_ldm(tmp_path).__class__.token_attention(semantic_model_stub(), layouts[:1], 32)
+
+
+def semantic_model_stub():
+    """An object that says it is a semantic model: enough for token_attention to refuse it."""
+    return type("Semantic", (), {"kind": "semantic"})()
 
 
 def test_semantic_and_layout_conditions_come_from_toy_faces_only():
@@ -167,3 +182,20 @@ def test_presence_agreement_is_the_balanced_accuracy_of_the_optional_parts():
     layouts[0, PARTS.index("glasses"), 0] = 1  # glasses asked of 0 only: right everywhere
     # no beard is asked of any sample: it has no balanced accuracy and is left out
     assert presence_agreement(ReadsBack(found), torch.zeros(4, 3, 4, 4), layouts) == pytest.approx((0.5 + 1.0) / 2)
+
+
+def test_count_regions_joins_diagonal_neighbours_and_drops_specks():
+    masks = torch.zeros(2, 6, 6, dtype=torch.bool)
+    masks[0, 0:2, 0:2] = True  # a 2 x 2 block
+    masks[0, 2, 2] = True  # touches it at a corner: the same region
+    masks[0, 4:6, 4:6] = True  # a second block
+    masks[0, 0, 5] = True  # a speck of one pixel
+    assert count_regions(masks).tolist() == [3, 0]
+    assert count_regions(masks, min_pixels=2).tolist() == [2, 0]
+
+
+def test_count_faces_finds_one_face_in_a_render_and_four_in_a_tiled_canvas():
+    _, _, maps, _, _ = generate_parts(40, resolution=32, seed=3)
+    canvas = tiled(maps)  # (10, 64, 64): four faces each
+    assert count_faces(ReadsBack(maps), torch.zeros(40, 3, 32, 32)).tolist() == [1] * 40
+    assert count_faces(ReadsBack(canvas), torch.zeros(10, 3, 64, 64)).tolist() == [4] * 10

@@ -12,12 +12,14 @@
 Each score needs its reference points, which :func:`shuffled` and :func:`tiled` make: the
 same samples against another sample's map or layout (what agreement by chance gives), and
 maps of four faces at twice the size (sampling beyond the training size, Sec. 4.3.2). The
-segmenter's own mIoU on real renders is the ceiling.
+segmenter's own mIoU on real renders is the ceiling. :func:`count_faces` counts the faces the
+segmenter finds in a sample, for samples drawn larger than the training images.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
@@ -29,6 +31,7 @@ from minildm.recipes import condition_tensor
 
 BACKGROUND = PARTS.index("background")
 OPTIONAL_PARTS = ("glasses", "hat", "beard")  # the parts a face may or may not have
+FACE_PARTS = ("skin", "eyes", "eyebrows", "nose", "mouth", "beard", "glasses")  # inside a face's outline
 
 
 def map_agreement(segmenter: ToyFaceSegmenter, images: Tensor, part_maps: Tensor, *, resize: bool = True) -> float:
@@ -60,6 +63,37 @@ def presence_agreement(segmenter: ToyFaceSegmenter, images: Tensor, layouts: Ten
             continue
         rates.append(((seen[asked].float().mean() + (~seen[~asked]).float().mean()) / 2).item())
     return sum(rates) / len(rates) if rates else float("nan")
+
+
+def count_regions(masks: Tensor, min_pixels: int = 1) -> Tensor:
+    """The number of 8-connected regions of True pixels, each of at least ``min_pixels``, in
+    each mask (N, H, W) -> (N,). Every pixel starts with its own label and takes the largest
+    label of its 3 x 3 neighbourhood inside the mask until nothing changes: one label is left
+    per region."""
+    n, height, width = masks.shape
+    inside = masks[:, None].float()  # (N, 1, H, W)
+    labels = torch.arange(1, height * width + 1, dtype=torch.float32).view(1, 1, height, width) * inside
+    while True:
+        spread = F.max_pool2d(labels, 3, stride=1, padding=1) * inside
+        if torch.equal(spread, labels):
+            break
+        labels = spread
+    counts = []
+    for image_labels in labels[:, 0]:
+        _, sizes = image_labels[image_labels > 0].unique(return_counts=True)
+        counts.append(int((sizes >= min_pixels).sum()))
+    return torch.tensor(counts)
+
+
+def count_faces(segmenter: ToyFaceSegmenter, images: Tensor, min_pixels: int = 20) -> Tensor:
+    """The faces the segmenter finds in each image (N, 3, H, W), read at its own size: regions
+    of the parts inside a face's outline (:data:`FACE_PARTS`) of at least ``min_pixels``
+    pixels (a face drawn at 32 px covers about 200)."""
+    maps = segmenter.segment(images, resize=False)  # (N, H, W)
+    face = torch.zeros_like(maps, dtype=torch.bool)
+    for name in FACE_PARTS:
+        face |= maps == PARTS.index(name)
+    return count_regions(face, min_pixels)
 
 
 def shuffled(conditions: Tensor) -> Tensor:
