@@ -189,32 +189,6 @@ class LatentDiffusion(nn.Module):
                                                                  generator))
         return self.decode(trajectory.result), trajectory
 
-    @torch.no_grad()
-    def token_attention(self, condition: Tensor, resolution: int, options: SamplerOptions | None = None, *,
-                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """Samples of a token model for ``condition`` (guidance 1) and where they looked
-        (Sec. 3.3): images (B, 3, R, R), and the cross-attention weight each latent pixel gave
-        each token at the finest level with cross-attention, averaged over heads, blocks and
-        sampling steps: (B, L, h, w). At every pixel the weights of the L tokens sum to 1."""
-        if self.kind not in TOKEN_KINDS:
-            raise ValueError(f"this model does {self.kind}: it has no condition tokens to attend to")
-        records = []
-
-        def keep(module: SpatialTransformer, inputs: tuple, output: Tensor) -> None:
-            records.append(torch.stack(module.cross_attention_maps()).mean(dim=(0, 2)))  # (B, HW, L)
-
-        handles = [m.register_forward_hook(keep) for m in self.unet.modules() if isinstance(m, SpatialTransformer)]
-        capture_attention_maps(self.unet)
-        try:
-            images = self.sample(len(condition), resolution, options, condition=condition, generator=generator)
-        finally:
-            for handle in handles:
-                handle.remove()
-            capture_attention_maps(self.unet, enabled=False)
-        finest = max(record.shape[1] for record in records)
-        maps = torch.stack([record for record in records if record.shape[1] == finest]).mean(dim=0)  # (B, HW, L)
-        return images, rearrange(maps, "b (h w) l -> b l h w", h=int(finest**0.5)).cpu()
-
     def _reverse_chain(self, n: int, resolution: int, options: SamplerOptions | None, condition: Tensor | None,
                        guidance: float, noise: Tensor | None,
                        generator: torch.Generator | None) -> tuple[Tensor, Iterator[Step]]:
@@ -270,3 +244,30 @@ class LatentDiffusion(nn.Module):
         condition = semantic_condition(part_maps.to(self.device), len(self.config.conditioning.class_names),
                                        self.latent_shape(resolution)[1:])
         return self.sample(len(part_maps), resolution, options, condition=condition, generator=generator).cpu()
+
+
+@torch.no_grad()
+def token_attention(model: LatentDiffusion, condition: Tensor, resolution: int, options: SamplerOptions | None = None,
+                    *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Samples of a token ``model`` for ``condition`` (guidance 1) and where they looked
+    (Sec. 3.3): images (B, 3, R, R), and the cross-attention weight each latent pixel gave
+    each token at the finest level with cross-attention, averaged over heads, blocks and
+    sampling steps: (B, L, h, w). At every pixel the weights of the L tokens sum to 1."""
+    if model.kind not in TOKEN_KINDS:
+        raise ValueError(f"this model does {model.kind}: it has no condition tokens to attend to")
+    records = []
+
+    def keep(module: SpatialTransformer, inputs: tuple, output: Tensor) -> None:
+        records.append(torch.stack(module.cross_attention_maps()).mean(dim=(0, 2)))  # (B, HW, L)
+
+    handles = [m.register_forward_hook(keep) for m in model.unet.modules() if isinstance(m, SpatialTransformer)]
+    capture_attention_maps(model.unet)
+    try:
+        images = model.sample(len(condition), resolution, options, condition=condition, generator=generator)
+    finally:
+        for handle in handles:
+            handle.remove()
+        capture_attention_maps(model.unet, enabled=False)
+    finest = max(record.shape[1] for record in records)
+    maps = torch.stack([record for record in records if record.shape[1] == finest]).mean(dim=0)  # (B, HW, L)
+    return images, rearrange(maps, "b (h w) l -> b l h w", h=int(finest**0.5)).cpu()

@@ -15,6 +15,7 @@ from minildm.data.toyface_parts import PARTS, generate_parts
 from minildm.evaluation.part_scores import (box_agreement, count_faces, count_regions, map_agreement,
                                             presence_agreement, shuffled, tiled)
 from minildm.image_conditions import extra_input_channels, semantic_condition
+from minildm.ldm import token_attention
 from minildm.ldm_training import LDMTraining, load_ldm, semantic_conditions, train_ldm
 from minildm.recipes import condition_tensor, conditioning_config
 from minildm.sampling import SamplerOptions
@@ -113,7 +114,7 @@ def test_a_layout_model_trains_on_mirrored_layouts_and_samples_from_a_layout(tmp
     assert samples.shape == (2, 3, 32, 32)
     assert torch.allclose(samples, model.sample(2, 32, options, condition=layouts[:2], guidance=2.0, noise=noise),
                           atol=1e-5)
-    images, maps = loaded.token_attention(layouts[:2], 32, options, generator=torch.Generator().manual_seed(0))
+    images, maps = token_attention(loaded, layouts[:2], 32, options, generator=torch.Generator().manual_seed(0))
     plain = loaded.sample(2, 32, options, condition=layouts[:2], generator=torch.Generator().manual_seed(0))
     assert torch.allclose(images, plain, atol=1e-6)  # recording the maps does not change the samples
     assert maps.shape == (2, 1 + len(PARTS), 4, 4)  # the tiny UNet cross-attends at level 1 only: 8 x 8 latents / 2
@@ -121,7 +122,7 @@ def test_a_layout_model_trains_on_mirrored_layouts_and_samples_from_a_layout(tmp
     absent = ~(layouts[:2, :, 0] > 0.5)  # (2, P): parts not in the layout are padding
     assert absent.any() and maps[:, 1:][absent].abs().max() == 0
     with pytest.raises(ValueError, match="no condition tokens"):
-        load_ldm(tmp_path).__class__.token_attention(semantic_model_stub(), layouts[:1], 32)
+        token_attention(semantic_model_stub(), layouts[:1], 32)
 
 
 def semantic_model_stub():
