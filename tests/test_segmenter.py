@@ -111,3 +111,9 @@ def test_load_segmenter_uses_its_cache_and_retrains_on_other_settings(tmp_path, 
     path.write_bytes(b"not a safetensors file")
     load_segmenter(tmp_path, progress=False)
     assert checkpoint.load(path)[1]["settings"]["steps"] == 4
+
+    monkeypatch.setattr(segmenter, "QUICK_SETTINGS", {**TINY, "steps": 3})
+    before = path.read_bytes()
+    load_segmenter(tmp_path, progress=False, quick=True)  # its own file: the full reader stays
+    assert checkpoint.load(tmp_path / f"quick-{SEGMENTER_FILE}")[1]["settings"]["steps"] == 3
+    assert path.read_bytes() == before

@@ -34,6 +34,8 @@ SEGMENTER_FILE = "toyface-segmenter.safetensors"
 SEGMENTER_SETTINGS = {"version": 1, "seed": 8_888_888, "resolution": 32, "train": 12_000, "heldout": 1_000,
                       "steps": 2_600, "batch_size": 16, "learning_rate": 2e-3, "width": 16, "blurred": 0.25,
                       "noise": 0.03}
+# A quick reader for smoke runs (the tiny profile, nbval): a tenth of the steps, a weaker ceiling.
+QUICK_SETTINGS = {**SEGMENTER_SETTINGS, "train": 2_000, "heldout": 500, "steps": 260}
 
 
 def _as_float(images: Tensor) -> Tensor:
@@ -238,16 +240,18 @@ def _cached_segmenter(path: Path, settings: dict) -> ToyFaceSegmenter | None:
     return ToyFaceSegmenter(network, metadata["heldout_iou"], metadata["heldout_miou"])
 
 
-def load_segmenter(cache_dir: str | Path | None = None, progress: bool = True) -> ToyFaceSegmenter:
+def load_segmenter(cache_dir: str | Path | None = None, progress: bool = True, quick: bool = False) -> ToyFaceSegmenter:
     """The toy-face segmenter, from ``cache_dir`` (default ``data_dir() / "segmenter"``) or trained.
 
     Training follows ``SEGMENTER_SETTINGS`` (:func:`_train_toyface_segmenter`; about 1.5 min
     on two CPU cores, held-out mIoU about 0.88 at 32 px). The weights are saved with the
     settings and the held-out IoUs in the file's metadata; a cache made with other settings
-    (or damaged) is trained again.
+    (or damaged) is trained again. ``quick`` trains and caches :data:`QUICK_SETTINGS` instead,
+    for smoke runs that need a reader but not a good one (about 10 s).
     """
-    path = Path(cache_dir if cache_dir is not None else data_dir() / "segmenter") / SEGMENTER_FILE
-    settings = dict(SEGMENTER_SETTINGS)
+    name = f"quick-{SEGMENTER_FILE}" if quick else SEGMENTER_FILE
+    path = Path(cache_dir if cache_dir is not None else data_dir() / "segmenter") / name
+    settings = dict(QUICK_SETTINGS if quick else SEGMENTER_SETTINGS)
     with ckpt.exclusive(path):  # two processes that both need it train it once
         segmenter = _cached_segmenter(path, settings)
         if segmenter is None:
