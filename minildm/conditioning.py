@@ -222,9 +222,12 @@ class TextEncoder(ConditionEncoder):
 def box_features(boxes: Tensor, frequencies: int = 4) -> Tensor:
     """Boxes (..., 4) in [0, 1] -> Fourier features (..., 4 * 2 * frequencies): sin and cos of
     2^k pi x for k < ``frequencies``, so that a small network tells nearby edges apart."""
+    # Exercise 10.2: the angles 2^k pi x of every coordinate x (coordinate-major), then their sines and cosines
+    ### BEGIN SOLUTION
     scales = torch.pi * 2.0 ** torch.arange(frequencies, device=boxes.device)  # (F,)
     angles = rearrange(boxes[..., None] * scales, "... c f -> ... (c f)")  # (..., 4F)
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
+    ### END SOLUTION
 
 
 class LayoutEncoder(ConditionEncoder):

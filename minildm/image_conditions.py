@@ -127,8 +127,11 @@ def semantic_condition(part_maps: Tensor, parts: int, latent_size: tuple[int, in
     (B, parts, h, w): the share of each part in each latent cell (a one-hot map, averaged)."""
     if part_maps.dim() != 3 or int(part_maps.max()) >= parts or int(part_maps.min()) < 0:
         raise ValueError(f"part maps must be (B, H, W) of indices 0 to {parts - 1}")
+    # Exercise 10.1: one-hot the map (a channel per part), then average it over each latent cell
+    ### BEGIN SOLUTION
     one_hot = F.one_hot(part_maps.long(), parts).permute(0, 3, 1, 2).float()  # (B, P, H, W)
     return F.adaptive_avg_pool2d(one_hot, latent_size)
+    ### END SOLUTION
 
 
 def mask_from_image(image: Tensor) -> Tensor:

@@ -83,7 +83,7 @@ def test_a_fork_rewrites_every_setup_cell(tmp_path):
     pyproject.write_text(pyproject.read_text().replace(notebooks.repository_url(ROOT),
                                                        "https://example.org/course/minildm"))
     changed = notebooks.write_setup_cells(fork)
-    assert len(changed) == len(list((fork / "notebooks").glob("*.ipynb"))) == 10
+    assert len(changed) == len(list((fork / "notebooks").glob("*.ipynb"))) == 11
     notebook = nbformat.read(changed[0], as_version=4)
     assert 'REPOSITORY = "https://example.org/course/minildm"' in notebook.cells[1].source
     assert sum(notebooks.SETUP_TAG in c.metadata.get("tags", []) for c in notebook.cells) == 1

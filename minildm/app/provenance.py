@@ -39,6 +39,7 @@ NOTEBOOK_PRESETS = {
     "07": ("data", "autoencoder", "ldm", "judge"),
     "08": ("data", "autoencoder", "ldm", "judge"),
     "09": ("data", "autoencoder", "ldm", "judge"),
+    "10": ("data", "autoencoder", "ldm"),  # the segmenter's settings are its own (its cache checks them)
 }
 SUMMARY = re.compile(r"profile '(?P<profile>[^']+)' on (?P<device>[^\n]+)\npresets: (?P<presets>[^\n]+)")
 

@@ -25,7 +25,7 @@ from minildm.config import MinildmError
 
 NOTEBOOKS = {"01": "01_autoencoder_kl", "02": "02_autoencoder_vq", "03": "03_forward_diffusion", "04": "04_unet",
              "05": "05_train_ldm", "06": "06_sampling", "07": "07_cross_attention", "08": "08_inpainting_superres",
-             "09": "09_evaluation_and_scaling"}
+             "09": "09_evaluation_and_scaling", "10": "10_paper_tasks"}
 HEADER = re.compile(r"(?P<indent>[ \t]*)# Exercise (?P<id>[0-9][0-9]\.[0-9]+): [^\n]*")
 BEGIN_MARKER, END_MARKER = "### BEGIN SOLUTION", "### END SOLUTION"
 MAX_SOURCE_BYTES = 2 * 2**20  # a submitted source file above this is refused, not read
@@ -76,6 +76,8 @@ EXERCISES = [
     Exercise("08.1", "inpainting condition", section=1, stars=2, minutes=20),
     Exercise("09.1", "Frechet distance", section=1, stars=3, minutes=40),
     Exercise("09.2", "unbiased KID", section=1, stars=3, minutes=30),
+    Exercise("10.1", "part map to the latent grid", section=3, stars=1, minutes=15),
+    Exercise("10.2", "box-token encoding", section=4, stars=2, minutes=20),
 ]
 BY_ID = {exercise.id: exercise for exercise in EXERCISES}
 

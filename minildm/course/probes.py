@@ -336,6 +336,22 @@ def inpainting(images: Tensor, masks: Tensor, pool: int) -> dict:
 
 
 @probe
+def semantic_map(part_maps: Tensor, parts: int, side: int) -> dict:
+    """Exercise 10.1: the extra input of ``part_maps`` on a ``side`` x ``side`` latent grid."""
+    from minildm.image_conditions import semantic_condition
+
+    return {"condition": semantic_condition(part_maps, parts, (side, side))}
+
+
+@probe
+def box_tokens(boxes: Tensor, frequencies: int) -> dict:
+    """Exercise 10.2: the Fourier features of ``boxes``."""
+    from minildm.conditioning import box_features
+
+    return {"features": box_features(boxes, frequencies)}
+
+
+@probe
 def frechet(a: Tensor, b: Tensor) -> dict:
     """Exercise 09.1: the distance between the two sets, and of ``a`` to itself."""
     from minildm.evaluation.metrics import frechet_distance

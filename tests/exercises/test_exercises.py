@@ -5,11 +5,11 @@ grading tests check values and edge cases too."""
 import torch
 
 from minildm.attention import attention_weights
-from minildm.conditioning import AttributeEncoder
+from minildm.conditioning import AttributeEncoder, box_features
 from minildm.diffusion import Diffusion, make_betas
 from minildm.evaluation.metrics import frechet_distance, kernel_distance
 from minildm.guidance import classifier_free_guidance
-from minildm.image_conditions import inpainting_condition
+from minildm.image_conditions import inpainting_condition, semantic_condition
 from minildm.losses import adaptive_weight, hinge_d_loss
 from minildm.regularizers import DiagonalGaussian, VectorQuantizer
 from minildm.unet import timestep_embedding
@@ -98,6 +98,17 @@ def test_ex07_3_nothing_dropped_changes_nothing():
 def test_ex08_1_condition_has_one_more_channel():
     condition = inpainting_condition(lambda x: x[:, :, ::4, ::4], torch.zeros(1, 3, 8, 8), torch.ones(1, 1, 8, 8))
     assert condition.shape == (1, 4, 2, 2)
+
+
+def test_ex10_1_every_cell_s_shares_sum_to_one():
+    part_maps = torch.randint(0, 5, (2, 8, 8), generator=torch.Generator().manual_seed(0))
+    condition = semantic_condition(part_maps, 5, (2, 2))
+    assert condition.shape == (2, 5, 2, 2) and torch.allclose(condition.sum(dim=1), torch.ones(2, 2, 2))
+
+
+def test_ex10_2_features_of_the_zero_box_are_zero_sines_and_unit_cosines():
+    features = box_features(torch.zeros(3, 4), frequencies=2)
+    assert features.shape == (3, 16) and torch.equal(features, torch.cat([torch.zeros(3, 8), torch.ones(3, 8)], 1))
 
 
 def test_ex09_1_distance_of_a_set_to_itself_is_zero():

@@ -371,6 +371,38 @@ def test_ex08_1_inpainting_condition(probe):
         "inpainting condition: the last channel is the masked fraction of each latent cell"
 
 
+def test_ex10_1_part_map_to_the_latent_grid(probe):
+    part_maps = torch.randint(0, 5, (2, 8, 8), generator=torch.Generator().manual_seed(4))
+    part_maps[1, :4, :4] = 3  # one latent cell of one part only
+    condition = probe("semantic_map", part_maps=part_maps, parts=6, side=2)["condition"]
+    expected = torch.zeros(2, 6, 2, 2)
+    for b in range(2):
+        for row in range(2):
+            for column in range(2):
+                cell = part_maps[b, 4 * row:4 * row + 4, 4 * column:4 * column + 4]
+                for part in range(6):
+                    expected[b, part, row, column] = (cell == part).float().mean()
+    assert close(condition, expected), \
+        "part map to the latent grid: expected (B, parts, h, w), each latent cell holding the share of each part " \
+        "among its pixels (a one-hot map averaged over the cell)"
+    assert close(condition[1, :, 0, 0], F.one_hot(torch.tensor(3), 6).float()), \
+        "part map to the latent grid: a cell of one part only must be that part's one-hot vector"
+    assert close(condition[:, 5], torch.zeros(2, 2, 2)), \
+        "part map to the latent grid: a part that is in no pixel (index 5 here) must get share 0 everywhere"
+
+
+def test_ex10_2_box_token_encoding(probe):
+    boxes = torch.rand(3, 2, 4, generator=torch.Generator().manual_seed(5))
+    features = probe("box_tokens", boxes=boxes, frequencies=3)["features"]
+    angles = torch.stack([boxes[..., c] * math.pi * 2.0 ** k for c in range(4) for k in range(3)], dim=-1)
+    assert close(features, torch.cat([angles.sin(), angles.cos()], dim=-1), tol=1e-4), \
+        "box-token encoding: expected (..., 4 * 2 * frequencies): the sines of 2^k pi x for each coordinate x " \
+        "(x0's k = 0, 1, ..., then y0's, x1's, y1's), then the cosines in the same order"
+    moved = probe("box_tokens", boxes=boxes + torch.tensor([1 / 32, 0, 0, 0]), frequencies=3)["features"]
+    assert (moved - features).norm(dim=-1).min() > 0.05, \
+        "box-token encoding: moving x0 by 1/32 must change the features of every box"
+
+
 def test_ex09_1_frechet_distance(probe):
     a = randn(300, 4)
     b = randn(300, 4, seed=1) @ torch.tensor([[1.0, 0.5, 0, 0], [0, 1, 0, 0], [0, 0, 2, 0], [0, 0, 0, 1]]) + 1
