@@ -54,13 +54,15 @@ if [ "$part" = bench ]; then
     timeout 120 python3 -m minildm bench --profile gpu --resolutions 64,128,256 --factors 1,4,8 --out /tmp/bench \
         && cp /tmp/bench/bench.md "$out/bench.md"
     section "celebahq256 recipe, training steps"
-    timeout 130 python3 benchmarks/gpu_recipes.py --images .gpu/celeba/images --profile celebahq256 \
+    timeout 150 python3 benchmarks/gpu_recipes.py --images toyfaces --profile celebahq256 \
         --out "$out/recipes.md"
     execute_notebook notebooks/04_unet.ipynb 100
 else
     section "bench, gpu profile, bf16, --compile"
-    timeout 150 python3 -m minildm bench --profile gpu --resolutions 64,128,256 --factors 4 --compile \
-        --out /tmp/bench_compile && cp /tmp/bench_compile/bench.md "$out/bench_compile.md"
+    for resolution in 64 256; do
+        timeout 200 python3 -m minildm bench --profile gpu --resolutions $resolution --factors 4 --compile \
+            --out /tmp/bench_compile && cp /tmp/bench_compile/bench.md "$out/bench_compile_$resolution.md"
+    done
     execute_notebook notebooks/00_data.ipynb 140
 fi
 section "done"
