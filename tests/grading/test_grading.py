@@ -375,6 +375,8 @@ def test_ex10_1_part_map_to_the_latent_grid(probe):
     part_maps = torch.randint(0, 5, (2, 8, 8), generator=torch.Generator().manual_seed(4))
     part_maps[1, :4, :4] = 3  # one latent cell of one part only
     condition = probe("semantic_map", part_maps=part_maps, parts=6, side=2)["condition"]
+    assert condition.shape == (2, 6, 2, 2), \
+        f"part map to the latent grid: shape {tuple(condition.shape)}, expected (B, parts, h, w) = (2, 6, 2, 2)"
     expected = torch.zeros(2, 6, 2, 2)
     for b in range(2):
         for row in range(2):
@@ -394,6 +396,8 @@ def test_ex10_1_part_map_to_the_latent_grid(probe):
 def test_ex10_2_box_token_encoding(probe):
     boxes = torch.rand(3, 2, 4, generator=torch.Generator().manual_seed(5))
     features = probe("box_tokens", boxes=boxes, frequencies=3)["features"]
+    assert features.shape == (3, 2, 24), \
+        f"box-token encoding: shape {tuple(features.shape)}, expected (..., 4 * 2 * frequencies) = (3, 2, 24)"
     angles = torch.stack([boxes[..., c] * math.pi * 2.0 ** k for c in range(4) for k in range(3)], dim=-1)
     assert close(features, torch.cat([angles.sin(), angles.cos()], dim=-1), tol=1e-4), \
         "box-token encoding: expected (..., 4 * 2 * frequencies): the sines of 2^k pi x for each coordinate x " \
