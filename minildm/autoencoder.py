@@ -271,9 +271,15 @@ class AutoencoderVQ(Autoencoder):
                                          config.vq_beta, config.revive_after)
 
     def encode(self, x: Tensor) -> Tensor:
-        """Image (B, 3, H, W) -> quantised latent (B, c, H/f, W/f)."""
+        """Image (B, 3, H, W) -> the encoder's latent (B, c, H/f, W/f) before quantisation, as
+        in the paper's code (its VQ ``encode``; the diffusion model works on these latents and
+        :meth:`decode` quantises). :meth:`quantized_codes` gives the codebook entries."""
         self.check_resolution(x)
-        return self.quantizer.quantize(self.encoder(x))[0]
+        return self.encoder(x)
+
+    def quantized_codes(self, x: Tensor) -> Tensor:
+        """Image (B, 3, H, W) -> its latent snapped to the codebook (B, c, H/f, W/f)."""
+        return self.quantizer.quantize(self.encode(x))[0]
 
     def decode(self, z: Tensor) -> Tensor:
         """Snap ``z`` to the codebook, then decode: the paper puts the quantiser in the decoder,

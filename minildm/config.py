@@ -84,6 +84,10 @@ class LDMPreset:
         prediction: what the UNet predicts: ``eps`` (the paper) or ``v``. Short CPU runs use
             ``v``: an eps-model's estimate of the clean latent at the noisiest steps multiplies
             its error by 1/sqrt(abar) (about 80), and DDIM then drifts off the data.
+        min_snr_gamma: weight the loss by the min-SNR-gamma rule (Hang et al. 2023;
+            :class:`minildm.diffusion.DiffusionConfig`), or None for the paper's unweighted
+            loss. Short CPU runs use 5: at 1,400 steps it more than halves the toy-face KID
+            (docs/measurements.md, "Where the demo loses quality").
     """
 
     base_channels: int
@@ -96,6 +100,7 @@ class LDMPreset:
     learning_rate: float
     ema_decay: float
     prediction: str
+    min_snr_gamma: float | None = None
 
 
 @dataclass(frozen=True)
@@ -147,9 +152,9 @@ PROFILES: dict[str, Profile] = {
             disc_start=10**9, codebook_size=1024, perceptual=False, l2_weight=4.0),
         ldm=LDMPreset(  # 1.19 M parameters
             base_channels=32, channel_mult=(1, 2, 2), res_blocks=1, attention_levels=(2,),
-            cross_attention_levels=(1, 2), steps=700, batch_size=128, learning_rate=1e-3, ema_decay=0.999,
-            prediction="v"),
-        demo_autoencoder_steps=700),
+            cross_attention_levels=(1, 2), steps=1400, batch_size=128, learning_rate=1e-3, ema_decay=0.999,
+            prediction="v", min_snr_gamma=5.0),
+        demo_autoencoder_steps=2200),
     "gpu": Profile(
         # real faces (minildm.data.faces: MINILDM_CELEBA_DIR, else the hub, else toy faces);
         # both real sources hold the held-out photos from 7,000 on
@@ -240,6 +245,20 @@ def runs_dir() -> Path:
         return Path(os.environ[RUNS_DIR_ENV])
     root = checkout_root()
     return root / "runs" if root is not None else Path.cwd() / "runs"
+
+
+def display_path(path: str | Path) -> str:
+    """``path`` as printed in notebooks and logs, without the machine's own folders: relative
+    to the checkout (``runs/cpu/ae``), else as the environment variable that names it
+    (``$MINILDM_CELEBA_DIR/images``), else with the home folder as ``~``."""
+    path = Path(path).expanduser().absolute()
+    places = [(f"${name}", os.environ.get(name)) for name in (RUNS_DIR_ENV, DATA_DIR_ENV, CELEBA_DIR_ENV)]
+    places = [("", checkout_root())] + places + [("~", Path.home())]
+    for label, place in places:
+        if place and path.is_relative_to(Path(place).expanduser().absolute()):
+            inside = path.relative_to(Path(place).expanduser().absolute()).as_posix()
+            return "/".join(part for part in (label, inside) if part and part != ".") or "."
+    return str(path)
 
 
 class SavedConfig:

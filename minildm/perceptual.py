@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from minildm.config import MinildmError, Profile, data_dir
+from minildm.config import MinildmError, Profile, data_dir, display_path
 
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 VGG16_WEIGHTS_ENV = "MINILDM_VGG16_WEIGHTS"
@@ -280,10 +280,10 @@ def offline_perceptual(error: Exception) -> PerceptualLoss | None:
         network = EarlyInceptionFeatures()
     except MinildmError:
         print(f"warning: VGG16 weights unavailable (offline?): training without the perceptual loss; "
-              f"put vgg16.safetensors in {folder} to enable it ({error})", file=sys.stderr)
+              f"put vgg16.safetensors in {display_path(folder)} to enable it ({error})", file=sys.stderr)
         return None
     print(f"warning: VGG16 weights unavailable (offline?): the perceptual loss uses the FID Inception-v3's "
-          f"early layers instead; put vgg16.safetensors in {folder} for the paper's VGG16 ({error})",
+          f"early layers instead; put vgg16.safetensors in {display_path(folder)} for the paper's VGG16 ({error})",
           file=sys.stderr)
     return PerceptualLoss(network).eval()
 

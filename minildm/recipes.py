@@ -48,7 +48,8 @@ def ldm_config(profile: Profile, autoencoder: Autoencoder, *, use_scale_factor: 
                       channel_mult=preset.channel_mult, res_blocks=preset.res_blocks,
                       attention_levels=preset.cross_attention_levels if context else preset.attention_levels,
                       context_channels=context)
-    return LDMConfig(unet=unet, diffusion=DiffusionConfig(prediction=prediction or preset.prediction),
+    diffusion = DiffusionConfig(prediction=prediction or preset.prediction, min_snr_gamma=preset.min_snr_gamma)
+    return LDMConfig(unet=unet, diffusion=diffusion,
                      autoencoder=autoencoder.config, use_scale_factor=use_scale_factor, conditioning=conditioning)
 
 

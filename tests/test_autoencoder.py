@@ -216,15 +216,18 @@ def test_first_training_step_fills_the_codebook_from_the_batch():
     assert quantizer.perplexity(indices).item() > 16
 
 
-def test_vq_latents_are_codebook_rows_and_decode_snaps_to_them():
+def test_vq_encode_gives_the_latent_before_quantisation_and_decode_snaps_it():
     autoencoder = build_autoencoder(small(reg="vq", codebook_size=64)).eval()
     x = torch.randn(2, 3, 32, 32)
-    z = autoencoder.encode(x)
-    rows = z.permute(0, 2, 3, 1).reshape(-1, 4)
+    z = autoencoder.encode(x)  # what the diffusion model learns, as in the paper's code
+    assert torch.equal(z, autoencoder.encoder(x))
     codebook = autoencoder.quantizer.codebook.weight
+    assert torch.cdist(z.permute(0, 2, 3, 1).reshape(-1, 4), codebook).min(dim=1).values.max() > 1e-3
+    codes = autoencoder.quantized_codes(x)
+    rows = codes.permute(0, 2, 3, 1).reshape(-1, 4)
     assert torch.cdist(rows, codebook).min(dim=1).values.max() < 1e-5
-    z_e = autoencoder.encoder(x)
-    assert torch.allclose(autoencoder.decode(z_e), autoencoder.decode(z), atol=1e-5)
+    assert torch.allclose(autoencoder.decode(z), autoencoder.decode(codes), atol=1e-5)
+    assert torch.allclose(autoencoder.decode(codes), autoencoder.decoder(codes), atol=1e-5)
 
 
 def test_resblock_starts_as_its_skip_path():

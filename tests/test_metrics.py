@@ -124,3 +124,15 @@ def test_relative_spread_is_the_ratio_of_total_variances():
     assert metrics.relative_spread(0.5 * reference + 3.0, reference) == pytest.approx(0.25)  # a shift changes nothing
     collapsed = reference[:1].repeat(400, 1)  # one sample drawn 400 times
     assert metrics.relative_spread(collapsed, reference) == 0.0
+
+
+def test_within_group_spread_sees_only_the_variation_inside_each_group():
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.randn(4000, 8, generator=generator)
+    groups = torch.arange(4).repeat_interleave(1000)
+    centres = 10 * torch.randn(4, 8, generator=generator)  # far apart: the spread across groups is large
+    noise = torch.randn(4000, 8, generator=generator)
+    samples = centres[groups] + 0.5 * noise
+    assert metrics.relative_spread(samples, reference) > 20
+    assert metrics.within_group_spread(samples, groups, reference) == pytest.approx(0.25, rel=0.1)
+    assert metrics.within_group_spread(centres[groups], groups, reference) == 0.0  # one image per request

@@ -139,12 +139,12 @@ def test_offline_load_perceptual_warns_once_and_falls_back(failure, inception, t
     if inception == "missing":
         assert loaded is None
         assert lines[0].startswith("warning: VGG16 weights unavailable (offline?): training without the perceptual "
-                                   f"loss; put vgg16.safetensors in {tmp_path / 'weights'} to enable it")
+                                   "loss; put vgg16.safetensors in $MINILDM_DATA_DIR/weights to enable it")
     else:
         assert isinstance(loaded.network, EarlyInceptionFeatures) and loaded.description.startswith("FID Inception")
         assert lines[0].startswith("warning: VGG16 weights unavailable (offline?): the perceptual loss uses the FID "
                                    "Inception-v3's early layers instead; put vgg16.safetensors in "
-                                   f"{tmp_path / 'weights'} for the paper's VGG16 (")
+                                   "$MINILDM_DATA_DIR/weights for the paper's VGG16 (")
 
 
 def test_perceptual_distance_properties():

@@ -34,6 +34,15 @@ def test_one_changed_preset_changes_its_fingerprint_only():
     assert all(len(value) == 8 and int(value, 16) >= 0 for value in before.values())
 
 
+def test_the_demos_steps_and_the_data_fingerprint_are_independent():
+    cpu = PROFILES["cpu"]
+    demo = dataclasses.replace(cpu, demo_autoencoder_steps=cpu.demo_autoencoder_steps + 1)
+    more_images = dataclasses.replace(cpu, n_images=cpu.n_images + 1)
+    before = provenance.preset_fingerprints(cpu)
+    assert provenance.preset_fingerprints(demo) == before
+    assert provenance.preset_fingerprints(more_images)["data"] != before["data"]
+
+
 def test_a_current_record_passes_and_an_older_preset_is_found(tmp_path, monkeypatch):
     monkeypatch.setenv("MINILDM_PROFILE", "cpu")
     source = NOTEBOOKS / "05_train_ldm.ipynb"

@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from minildm import checkpoint as ckpt
-from minildm.config import data_dir
+from minildm.config import data_dir, display_path
 from minildm.data import images as imgs
 from minildm.data import cache, sources, toyfaces
 from minildm.data.sources import HUB_DATASETS, OFFLINE_HINT, DataError, read_celeba_attributes
@@ -373,7 +373,9 @@ def _open_cache(path: Path) -> ImageDataset:
 def describe(data: ImageDataset) -> str:
     """A few lines that summarise a prepared data set (used by ``minildm data``)."""
     info = data.info
-    lines = [f"{len(data)} images of {data.resolution}x{data.resolution} px from {info.get('source')}"]
+    source = info.get("source")
+    shown = display_path(source) if source and Path(str(source)).exists() else source
+    lines = [f"{len(data)} images of {data.resolution}x{data.resolution} px from {shown}"]
     if info.get("requested") and info["requested"] > len(data):
         lines.append(f"note: {info['requested']} were requested, the source had only {len(data)} usable")
     for why, count in info.get("skipped", {}).items():
@@ -388,5 +390,5 @@ def describe(data: ImageDataset) -> str:
         lines.append(f"classes: {named}")
     if data.captions:
         lines.append(f"example caption: {data.captions[0]!r}")
-    lines.append(f"cached at {info.get('cache')}" + (" (loaded from cache)" if info.get("from_cache") else ""))
+    lines.append(f"cached at {info.get('cache') and display_path(info['cache'])}" + (" (loaded from cache)" if info.get("from_cache") else ""))
     return "\n".join(lines)

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from minildm.config import CELEBA_DIR_ENV, celeba_dir
+from minildm.config import CELEBA_DIR_ENV, celeba_dir, display_path
 from minildm.data.dataset import ImageDataset, load_images
 from minildm.data import sources
 from minildm.data.sources import HUB_DATASETS, DataError
@@ -50,6 +50,12 @@ class Faces:
     def name(self) -> str:
         """A short name for run folders and titles: ``celeba``, ``celeba-hq`` or ``toyfaces``."""
         return {"folder": "celeba", "hub": HUB_FACES}.get(self.kind, "toyfaces")
+
+    @property
+    def source(self) -> str:
+        """Where the faces came from, as printed: a folder without the machine's own path
+        (:func:`minildm.config.display_path`), else the hub name or ``toyfaces``."""
+        return display_path(self.dataset) if self.kind == "folder" else self.dataset
 
     def description(self) -> dict:
         """The training data as a run folder's ``data`` records it (see ``minildm train-ae``)."""

@@ -134,6 +134,15 @@ def relative_spread(features: torch.Tensor, reference_features: torch.Tensor) ->
     return (features.double().var(dim=0).sum() / reference_features.double().var(dim=0).sum()).item()
 
 
+def within_group_spread(features: torch.Tensor, groups: torch.Tensor, reference_features: torch.Tensor) -> float:
+    """Mean over groups of :func:`relative_spread` within a group: ``features`` (N, D) of
+    samples drawn for the same request share a label in ``groups`` (N,). It measures how
+    varied the samples of one request are, the diversity that guidance trades (Ho & Salimans
+    2022); the spread over many requests measures mostly the requests."""
+    spreads = [relative_spread(features[groups == group], reference_features) for group in groups.unique()]
+    return sum(spreads) / len(spreads)
+
+
 class InceptionFeatures:
     """The standard FID feature extractor: Inception-v3 with the 2015-12-05 TensorFlow weights
     (as in the original FID code, StyleGAN3 and clean-fid), 2048-d pool features.
