@@ -252,12 +252,14 @@ def display_path(path: str | Path) -> str:
     to the checkout (``runs/cpu/ae``), else as the environment variable that names it
     (``$MINILDM_CELEBA_DIR/images``), else with the home folder as ``~``."""
     path = Path(path).expanduser().absolute()
-    places = [(f"${name}", os.environ.get(name)) for name in (RUNS_DIR_ENV, DATA_DIR_ENV, CELEBA_DIR_ENV)]
-    places = [("", checkout_root())] + places + [("~", Path.home())]
-    for label, place in places:
-        if place and path.is_relative_to(Path(place).expanduser().absolute()):
-            inside = path.relative_to(Path(place).expanduser().absolute()).as_posix()
-            return "/".join(part for part in (label, inside) if part and part != ".") or "."
+    named = [(f"${name}", os.environ.get(name)) for name in (RUNS_DIR_ENV, DATA_DIR_ENV, CELEBA_DIR_ENV)]
+    for label, place in [("", checkout_root()), *named, ("~", Path.home())]:
+        if not place:
+            continue
+        place = Path(place).expanduser().absolute()
+        if path.is_relative_to(place):
+            inside = path.relative_to(place).as_posix()
+            return "/".join(part for part in (label, inside) if part not in ("", ".")) or "."
     return str(path)
 
 

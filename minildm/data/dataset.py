@@ -390,5 +390,6 @@ def describe(data: ImageDataset) -> str:
         lines.append(f"classes: {named}")
     if data.captions:
         lines.append(f"example caption: {data.captions[0]!r}")
-    lines.append(f"cached at {info.get('cache') and display_path(info['cache'])}" + (" (loaded from cache)" if info.get("from_cache") else ""))
+    cached = display_path(info["cache"]) if info.get("cache") else None
+    lines.append(f"cached at {cached}" + (" (loaded from cache)" if info.get("from_cache") else ""))
     return "\n".join(lines)
