@@ -41,7 +41,7 @@ def output_text(notebook: nbformat.NotebookNode) -> str:
     return "\n".join(texts)
 
 
-def shown(number: str, printed: list[float], text: str) -> bool:
+def shown(number: str, printed: list[float]) -> bool:
     """Whether ``number`` (as the prose writes it) is an output value at the prose's precision;
     a percentage may also be a printed fraction (58% for 0.58 or 0.583)."""
     value, places = float(plain(number)), decimals(plain(number))
@@ -65,7 +65,7 @@ def unshown_numbers(notebook: nbformat.NotebookNode) -> list[str]:
             if SOURCE.search(sentence):
                 continue
             missing += [f"cell {index}: {number} in {sentence.strip()[:90]!r}"
-                        for number in NUMBER.findall(SKIPPED.sub(" ", sentence)) if not shown(number, printed, text)]
+                        for number in NUMBER.findall(SKIPPED.sub(" ", sentence)) if not shown(number, printed)]
     return missing
 
 
