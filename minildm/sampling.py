@@ -259,12 +259,12 @@ class SamplerOptions:
 
     @property
     def description(self) -> str:
-        """E.g. ``DDIM, 50 steps, eta 0``, for the records of a result."""
+        """E.g. ``DDIM 50 steps, eta 0``, for the records of a result."""
         if self.sampler == "ddpm":
             return "DDPM, all T steps"
         if self.sampler == "dpm++2m":
-            return f"DPM-Solver++(2M), {self.steps} steps"
-        return f"DDIM, {self.steps} steps, eta {self.eta:g}"
+            return f"DPM-Solver++(2M) {self.steps} steps"
+        return f"DDIM {self.steps} steps, eta {self.eta:g}"
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:

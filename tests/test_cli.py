@@ -107,6 +107,7 @@ def test_demo_trains_both_stages_and_writes_samples_and_metrics(tmp_path):
     quality = metrics["quality"]  # 128 samples and 128 + 128 held-out faces
     assert quality["n"] == 128 and quality["rows"]["real vs real (floor)"]["precision"] > 0.5
     assert 0 < quality["data"]["saturation"] < 1 and "face" in quality["rows"]["samples"]["attributes"]
+    assert metrics["ldm"]["sampler"] == quality["sampler"] == "DPM-Solver++(2M) 6 steps"  # demo.DEMO_SAMPLER
     assert "stage 1 costs" in result.stdout and "Precision" in result.stdout  # the reading of the numbers
     assert {"config.json", "weights.safetensors"} <= {p.name for p in (out / "ldm").iterdir()}
 

@@ -137,8 +137,9 @@ def test_evaluation_reports_distances_and_counts(trained, pixels):
         return images.float().mean(dim=(2, 3))
 
     mean_colour.description = "mean colour"
-    results = evaluate_ldm(model, pixels[:20], n_samples=12, steps=3, features=tiny_features,
-                           generator=torch.Generator().manual_seed(0), extra_features={"colour": mean_colour})
+    results = evaluate_ldm(model, pixels[:20], n_samples=12, options=SamplerOptions(steps=3),
+                           features=tiny_features, generator=torch.Generator().manual_seed(0),
+                           extra_features={"colour": mean_colour})
     assert results["n_samples"] == 12 and results["n_reference"] == 20 and results["fid"] >= 0
     assert {"kid", "kid_std", "sampler", "features", "sample_images_per_s"} <= set(results)
     # the extra distances are those of the same samples: colour means are 4x4 means averaged
@@ -153,13 +154,14 @@ def test_the_floor_is_real_against_real_at_the_same_n(trained, pixels):
     def mean_colour(images):
         return images.float().mean(dim=(2, 3))
 
-    results = evaluate_ldm(model, pixels[:16], n_samples=16, steps=2, features=mean_colour,
+    results = evaluate_ldm(model, pixels[:16], n_samples=16, options=SamplerOptions(steps=2), features=mean_colour,
                            floor_reference=pixels[16:32], extra_features={"colour": mean_colour})
     expected = frechet_distance(mean_colour(pixels[:16]), mean_colour(pixels[16:32]))
     assert results["fid_floor"] == pytest.approx(expected, abs=1e-3) == results["colour_fid_floor"]
     assert results["n_floor"] == 16 and list(results)[:3] == ["kid", "kid_std", "fid"]  # KID leads
     assert "kid_floor" in results and "kid_std_floor" in results
-    assert "fid_floor" not in evaluate_ldm(model, pixels[:16], n_samples=4, steps=2, features=mean_colour)
+    unfloored = evaluate_ldm(model, pixels[:16], n_samples=4, options=SamplerOptions(steps=2), features=mean_colour)
+    assert "fid_floor" not in unfloored
 
 
 def test_heldout_loss_is_the_training_loss_on_the_same_draws_for_every_model(trained, pixels):
@@ -193,7 +195,8 @@ def test_score_table_puts_the_floor_first_and_refuses_numbers_that_cannot_be_com
         with pytest.raises(MinildmError, match=key):
             score_table({"a": _scores(0.01), "b": _scores(0.02, **{key: value})})
     _, model = trained
-    measured = evaluate_ldm(model, pixels[:8], steps=2, features=lambda images: images.float().mean(dim=(2, 3)))
+    measured = evaluate_ldm(model, pixels[:8], options=SamplerOptions(steps=2),
+                            features=lambda images: images.float().mean(dim=(2, 3)))
     assert len(score_table({"model": measured}).splitlines()) == 3  # no floor given, no floor row
 
 

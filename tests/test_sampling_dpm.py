@@ -106,6 +106,6 @@ def test_sampler_options_run_dpm_solver_for_its_steps():
 
 
 def test_each_sampler_describes_itself_for_the_records():
-    assert SamplerOptions().description == "DDIM, 50 steps, eta 0"
+    assert SamplerOptions().description == "DDIM 50 steps, eta 0"
     assert SamplerOptions(sampler="ddpm", steps=7).description == "DDPM, all T steps"
-    assert SamplerOptions(sampler="dpm++2m", steps=20).description == "DPM-Solver++(2M), 20 steps"
+    assert SamplerOptions(sampler="dpm++2m", steps=20).description == "DPM-Solver++(2M) 20 steps"

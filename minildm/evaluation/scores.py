@@ -71,12 +71,14 @@ def evaluate_autoencoder(autoencoder: Autoencoder, pixels: Tensor, batch_size: i
 
 
 @torch.no_grad()
-def evaluate_ldm(model: LatentDiffusion, reference: Tensor, *, n_samples: int | None = None, steps: int = 50,
+def evaluate_ldm(model: LatentDiffusion, reference: Tensor, *, n_samples: int | None = None,
+                 options: SamplerOptions | None = None,
                  generator: torch.Generator | None = None, features=None, batch_size: int = 250,
                  extra_features: dict | None = None, floor_reference: Tensor | None = None) -> dict:
     """Sample quality against uint8 reference images (N, 3, R, R): KID (with its std over
     subsets) and FID on Inception features, the sample counts and the sampling speed.
 
+    ``options``: the sampler (default DDIM, 50 steps, eta 0).
     ``features``: a feature extractor (uint8 images -> (N, D)); default the FID Inception.
     ``extra_features``: more extractors by name (e.g. ``{"toyface": ToyFaceFeatures(judge)}``),
     scored on the same samples and reported as ``{name}_kid``, ``{name}_fid``, ...
@@ -90,7 +92,7 @@ def evaluate_ldm(model: LatentDiffusion, reference: Tensor, *, n_samples: int | 
     n_samples = n_samples or len(reference)
     resolution = reference.shape[-1]
     started = time.perf_counter()
-    options = SamplerOptions(steps=steps)
+    options = options or SamplerOptions()
     samples = torch.cat([float_to_uint8(model.sample(len(chunk), resolution, options, generator=generator).cpu())
                          for chunk in torch.arange(n_samples).split(batch_size)])
     seconds = time.perf_counter() - started
@@ -106,7 +108,7 @@ def evaluate_ldm(model: LatentDiffusion, reference: Tensor, *, n_samples: int | 
         results[f"{prefix}features"] = getattr(extractor, "description", type(extractor).__name__)
     return {**results, "n_samples": n_samples, "n_reference": len(reference),
             "n_floor": None if floor_reference is None else len(floor_reference),
-            "sampler": f"DDIM {steps} steps, eta 0", "sample_images_per_s": round(n_samples / seconds, 1)}
+            "sampler": options.description, "sample_images_per_s": round(n_samples / seconds, 1)}
 
 
 def _kid_first(distances: dict) -> list[tuple[str, float]]:
