@@ -2,7 +2,8 @@
 
 Each exercise either has an answer that no profile changes, computed here from the package
 (:data:`CHECKED`, one test each), or says in its notebook that its answer "depends on the
-profile" (those are checked against a `cpu` run: docs/teaching.md, "Exercise answers") or is
+profile" (benchmarks/exercise_checks.py checks those a `cpu` run folder can answer: docs/teaching.md,
+"The end-of-notebook exercises and their expected answers") or is
 "open-ended" (read by a person: the student's own photos, the test they break). The first test
 holds the notebooks to that split, so a new exercise has to choose a side.
 """
