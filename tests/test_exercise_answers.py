@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from minildm.config import PROFILES
+from minildm.data import images, toyfaces
 from minildm.diffusion import PREDICTIONS, Diffusion
 from minildm.nn import ResBlock
 from minildm.trainer import EMA
@@ -26,7 +27,7 @@ from minildm.unet import UNet, UNetConfig, forward_flops, parameter_count, times
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 PROFILE_TAG, OPEN_TAG = "depends on the profile", "open-ended"
 ITEM = re.compile(r"^(\d+)\. \*\*", flags=re.MULTILINE)
-CHECKED = {"00.3": "test_00_3_cost_of_pixels", "02.2": "test_02_2_bits_of_a_vq_latent",
+CHECKED = {"00.3": "test_00_3_cost_of_pixels", "00.5": "test_00_5_antialiased_resizing_errs_least", "02.2": "test_02_2_bits_of_a_vq_latent",
            "03.1": "test_03_1_the_schedules_cross_at_t_273",
            "03.2": "test_03_2_at_zero_terminal_snr_eps_is_trivial_and_x0_undefined",
            "03.3": "test_03_3_min_snr_is_one_weighting_on_x0_for_every_prediction",
@@ -64,6 +65,19 @@ def test_00_3_cost_of_pixels():
     assert round(30_000 * pixels / 1e9, 1) == 5.9  # GB
     latent = 4 * (256 // 8) ** 2
     assert (latent, pixels, pixels // latent) == (4_096, 196_608, 48)
+
+
+def test_00_5_antialiased_resizing_errs_least():
+    large = images.float_to_uint8(toyfaces.generate(8, resolution=256, seed=0)[0]).float()  # (8, 3, 256, 256)
+    truth = images.float_to_uint8(toyfaces.generate(8, resolution=32, seed=0)[0]).float()
+
+    def error(**mode) -> float:
+        resized = torch.nn.functional.interpolate(large, size=(32, 32), **mode).round().clamp(0, 255)
+        return (resized - truth).abs().mean().item()
+
+    antialiased = error(mode="bicubic", antialias=True)
+    bilinear, nearest = error(mode="bilinear", antialias=False), error(mode="nearest")
+    assert antialiased < 2 and 1.5 < bilinear / antialiased < 2.5 and 3 < nearest / antialiased < 5
 
 
 def test_02_2_bits_of_a_vq_latent():
