@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from demo_sampler import sample_row  # benchmarks/, the folder of this script
 from minildm import checkpoint, data
 from minildm.app.demo import DEMO_SAMPLER
 from minildm.config import get_profile
@@ -28,12 +29,10 @@ from minildm.ldm_training import LDMTraining, load_ldm, train_ldm
 COLUMNS = ("fid", "precision", "recall", "face", "saturation")
 
 
-def sample_row(model, reference, others, judge, seed: int) -> dict[str, float]:
-    report = quality_report(model, reference, others, features=ToyFaceFeatures(judge), judge=judge,
-                            options=DEMO_SAMPLER, generator=torch.Generator().manual_seed(seed))
-    row = report["rows"]["samples"]
-    return {**{key: row[key] for key in ("fid", "precision", "recall", "saturation")},
-            "face": row["attributes"]["face"]}
+def scored(model, reference, others, judge, seed: int) -> dict[str, float]:
+    """The demo's quality report for ``model``, reduced to the sampler table's columns."""
+    return sample_row(quality_report(model, reference, others, features=ToyFaceFeatures(judge), judge=judge,
+                                     options=DEMO_SAMPLER, generator=torch.Generator().manual_seed(seed)))
 
 
 def with_training_weights(model, run_dir: Path):
@@ -69,7 +68,7 @@ def main() -> None:
         if decay == args.decays[-1]:
             weights["training weights (no EMA)"] = with_training_weights(load_ldm(run_dir), run_dir)
         for name, network in weights.items():
-            rows = [sample_row(network, reference, others, judge, seed) for seed in range(args.seeds)]
+            rows = [scored(network, reference, others, judge, seed) for seed in range(args.seeds)]
             means = [sum(row[column] for row in rows) / len(rows) for column in COLUMNS]
             print(" | ".join([name, f"{seconds:.0f}"] + [f"{value:.3f}" for value in means]), flush=True)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 from pathlib import Path
 
@@ -43,6 +44,11 @@ from minildm.sampling import ddim_invert, ddim_sample, ddim_step, ddim_timesteps
 from minildm.unet import UNet, UNetConfig, forward_flops, parameter_count
 
 HELD_OUT = PROFILES["cpu"].n_images  # the held-out toy faces start after the training ones
+
+# each network is read from disk once, however many checks use it
+trained = functools.cache(load_ldm)
+judge_network = functools.cache(lambda: load_judge(progress=False))
+segmenter_network = functools.cache(lambda: load_segmenter(progress=False))
 
 
 def faces(n: int, start: int = HELD_OUT) -> torch.Tensor:
@@ -85,7 +91,7 @@ def first_batch_scale(runs: Path) -> str:
 
 
 def latent_range_and_fd(runs: Path) -> tuple[str, str]:
-    model = load_ldm(runs / "ldm-toyfaces")
+    model = trained(runs / "ldm-toyfaces")
     latents = model.encode(faces(1000)).flatten(1)  # (1000, 256), scaled
     outside = {bound: (latents.abs() > bound).float().mean().item() for bound in (3, 4)}
     clip = (f"scaled latents std {latents.std():.3f}; beyond |3|: {outside[3]:.3%}, beyond |4|: {outside[4]:.4%} "
@@ -95,7 +101,7 @@ def latent_range_and_fd(runs: Path) -> tuple[str, str]:
 
 
 def inversion(runs: Path) -> str:
-    model = load_ldm(runs / "ldm-toyfaces")
+    model = trained(runs / "ldm-toyfaces")
     images = faces(16)
     latents = model.encode(images)
     denoise = model.denoiser()
@@ -136,7 +142,7 @@ def quadratic_timesteps(steps: int, timesteps: int = 1000) -> list[int]:
 def sampler_settings(runs: Path) -> tuple[str, str]:
     """06.1 (eta at 50 and 200 steps) and 06.2 (quadratic spacing at 10 steps): judge KID of
     256 samples from the same noise against 256 held-out faces, as in notebook 06, section 4."""
-    model, features = load_ldm(runs / "ldm-toyfaces"), ToyFaceFeatures(load_judge(progress=False))
+    model, features = trained(runs / "ldm-toyfaces"), ToyFaceFeatures(judge_network())
     held_out = data.load_images("toyfaces", 32, 512, start=HELD_OUT).pixels
     real = features(held_out[:256])
     floor = feature_distances(real, features(held_out[256:]))
@@ -162,7 +168,7 @@ def sampler_settings(runs: Path) -> tuple[str, str]:
 
 def guidance_beyond_five(runs: Path) -> str:
     """07.1: balanced agreement and saturation of the attribute model at guidance 3 to 12."""
-    model, judge = load_ldm(runs / "ldm-toyfaces-attributes"), load_judge(progress=False)
+    model, judge = trained(runs / "ldm-toyfaces-attributes"), judge_network()
     held_out = data.load_images("toyfaces", 32, 256, start=HELD_OUT)
     requested = condition_tensor(model.config.conditioning, held_out)
     readings = []
@@ -176,7 +182,7 @@ def guidance_beyond_five(runs: Path) -> str:
 
 def superres_samples(runs: Path) -> tuple[str, str]:
     """08.3 (where 8 samples of one input disagree) and 08.4 (their average against one sample)."""
-    model = load_ldm(runs / "ldm-toyfaces-superres")
+    model = trained(runs / "ldm-toyfaces-superres")
     images = faces(64)
     low = downsample(images, model.config.conditioning.superres_factor)
     draws = torch.stack([model.upscale(low, generator=torch.Generator().manual_seed(seed)) for seed in range(8)])
@@ -192,7 +198,7 @@ def superres_samples(runs: Path) -> tuple[str, str]:
 def semantic_maps(runs: Path) -> tuple[str, str]:
     """10.2 (maps coarsened to 8 x 8: per-part IoU) and 10.5 (canvases of 1, 4, 9 and 16 faces: the
     mIoU of each face, cut out of its canvas and read by the segmenter at the training size)."""
-    model, segmenter = load_ldm(runs / "ldm-semantic-toyfaces"), load_segmenter(progress=False)
+    model, segmenter = trained(runs / "ldm-semantic-toyfaces"), segmenter_network()
     _, _, maps, _, _ = generate_parts(256, 32, seed=0, start=HELD_OUT)
     coarse = F.interpolate(F.interpolate(maps[:, None].float(), size=8, mode="nearest"), size=32, mode="nearest")
     per_part = {}
@@ -213,7 +219,7 @@ def semantic_maps(runs: Path) -> tuple[str, str]:
 
 def masks_by_shape(runs: Path) -> str:
     """08.1: inpainting scored per mask shape: the judge's face rate and the filled region's PSNR."""
-    model, judge = load_ldm(runs / "ldm-toyfaces-inpaint"), load_judge(progress=False)
+    model, judge = trained(runs / "ldm-toyfaces-inpaint"), judge_network()
     images = faces(256)
     readings = []
     for shape in MASK_SHAPES:
@@ -227,7 +233,7 @@ def masks_by_shape(runs: Path) -> str:
 
 def layout_guidance(runs: Path) -> str:
     """10.1: box IoU and presence accuracy of the layout model against the guidance scale."""
-    model, segmenter = load_ldm(runs / "ldm-layout-toyfaces"), load_segmenter(progress=False)
+    model, segmenter = trained(runs / "ldm-layout-toyfaces"), segmenter_network()
     _, _, _, boxes, present = generate_parts(256, 32, seed=0, start=HELD_OUT)
     layouts = layout_tensor(boxes, present)
     readings = []

@@ -87,10 +87,9 @@ def longer_training(runs: Path, out: Path, train: torch.Tensor, held_out: torch.
 
 
 def eps_prediction(runs: Path, out: Path, train: torch.Tensor) -> list[str]:
-    rows = []
-    noise = torch.randn(64, *load_ldm(runs / "ldm-toyfaces").latent_shape(PROFILE.resolution),
-                        generator=torch.Generator().manual_seed(0))
-    for name, model in (("v (notebook 05)", load_ldm(runs / "ldm-toyfaces")),
+    rows, v_model = [], load_ldm(runs / "ldm-toyfaces")
+    noise = torch.randn(64, *v_model.latent_shape(PROFILE.resolution), generator=torch.Generator().manual_seed(0))
+    for name, model in (("v (notebook 05)", v_model),
                         ("eps", train_ldm(out / "ldm-toyfaces-eps", train, autoencoder_dir=runs / "ae-kl-f4-toyfaces",
                                           training=LDMTraining(profile=PROFILE, prediction="eps", progress=False)))):
         _, trajectory = model.sample_trajectory(64, PROFILE.resolution, noise=noise)

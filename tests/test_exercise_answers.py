@@ -136,11 +136,16 @@ def test_04_1_a_linear_time_input_cannot_tell_500_from_501():
     assert change[:8].min() > 0.1 and change[56:64].max() < 1e-3  # fast components differ, slow ones do not
 
 
-def test_04_2_scale_shift_costs_11_65_m_parameters():
-    config = UNetConfig(in_channels=3, out_channels=3, base_channels=224, channel_mult=(1, 2, 3, 4),
+def paper_shaped_unet(width: int) -> UNet:
+    """Notebook 04's UNet of the paper's shape (section 5), on the meta device: no memory."""
+    config = UNetConfig(in_channels=3, out_channels=3, base_channels=width, channel_mult=(1, 2, 3, 4),
                         res_blocks=2, attention_levels=(1, 2, 3), head_channels=32)
     with torch.device("meta"):
-        blocks = [module for module in UNet(config).modules() if isinstance(module, ResBlock)]
+        return UNet(config)
+
+
+def test_04_2_scale_shift_costs_11_65_m_parameters():
+    blocks = [module for module in paper_shaped_unet(224).modules() if isinstance(module, ResBlock)]
     projections = [block.time_proj[1] for block in blocks]
     assert len(blocks) == 22
     assert all(p.out_features == 2 * block.norm2.num_channels for p, block in zip(projections, blocks))
@@ -150,13 +155,7 @@ def test_04_2_scale_shift_costs_11_65_m_parameters():
 
 
 def test_04_5_parameters_and_flops_grow_like_the_square_of_the_width():
-    def paper_shaped(width: int) -> UNet:
-        config = UNetConfig(in_channels=3, out_channels=3, base_channels=width, channel_mult=(1, 2, 3, 4),
-                            res_blocks=2, attention_levels=(1, 2, 3), head_channels=32)
-        with torch.device("meta"):
-            return UNet(config)
-
-    narrow, wide = paper_shaped(64), paper_shaped(320)
+    narrow, wide = paper_shaped_unet(64), paper_shaped_unet(320)
     assert 0.9 * 25 < parameter_count(wide) / parameter_count(narrow) < 1.1 * 25  # (320 / 64)^2
     assert 0.85 * 25 < forward_flops(wide, (3, 64, 64)) / forward_flops(narrow, (3, 64, 64)) < 1.1 * 25
     assert 0.2 < forward_flops(wide, (3, 32, 32)) / forward_flops(wide, (3, 64, 64)) < 0.27  # about a quarter

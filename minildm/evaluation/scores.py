@@ -237,7 +237,7 @@ def judge_token_model(model: LatentDiffusion, judge: ToyFaceJudge, *, conditions
     """
     samples = sample_in_batches(model, conditions, resolution=resolution, guidance=guidance, steps=steps, seed=seed)
     result = judge.agreement(samples, attributes, mask=scored_attributes(model.kind, attributes), seed=seed)
-    result.update({"n_samples": len(samples), "guidance": guidance, "sampler": f"DDIM {steps} steps, eta 0"})
+    result.update({"n_samples": len(samples), "guidance": guidance, "sampler": SamplerOptions(steps=steps).description})
     return result
 
 
@@ -259,8 +259,9 @@ def evaluate_inpainting(model: LatentDiffusion, pixels: Tensor, judge: ToyFaceJu
     """Inpaint held-out uint8 images (N, 3, R, R) under random masks (one per image)."""
     images = uint8_to_float(pixels)
     generator = torch.Generator().manual_seed(seed)
+    options = SamplerOptions(steps=steps)
     masks = random_masks(len(images), images.shape[-1], generator)
-    raw = torch.cat([model.inpaint(batch, mask, SamplerOptions(steps=steps), generator=generator, keep_known=False)
+    raw = torch.cat([model.inpaint(batch, mask, options, generator=generator, keep_known=False)
                      for batch, mask in zip(images.split(128), masks.split(128))])
     completed = paste(raw, images, masks)
     known_mean = (images * (1 - masks)).sum(dim=(2, 3), keepdim=True) / (1 - masks).sum(dim=(2, 3), keepdim=True)
@@ -269,7 +270,7 @@ def evaluate_inpainting(model: LatentDiffusion, pixels: Tensor, judge: ToyFaceJu
               "psnr_filled_region": region_psnr(completed, images, masks),
               "psnr_filled_region_mean_fill": region_psnr(mean_fill, images, masks),
               "masked_fraction": round(masks.mean().item(), 3), "n_images": len(images),
-              "sampler": f"DDIM {steps} steps, eta 0", "known_pixels": "pasted back after decoding"}
+              "sampler": options.description, "known_pixels": "pasted back after decoding"}
     if judge is not None:
         result["face_rate"] = judge.predict(completed)[1].float().mean().item()
         result["face_rate_mean_fill"] = judge.predict(mean_fill)[1].float().mean().item()
@@ -296,4 +297,4 @@ def evaluate_superres(model: LatentDiffusion, pixels: Tensor, *, steps: int = 50
     upscaled = torch.cat([model.upscale(batch, options, generator=generator) for batch in low.split(128)])
     return {"psnr": round(psnr(upscaled, images).mean().item(), 2),
             "psnr_bicubic": round(psnr(bicubic_upsample(low, factor), images).mean().item(), 2),
-            "factor": factor, "n_images": len(images), "sampler": f"DDIM {steps} steps, eta 0"}
+            "factor": factor, "n_images": len(images), "sampler": options.description}
